@@ -1,0 +1,1 @@
+"""Sepulki Hammer: the GraphQL backend of a robot fleet platform."""

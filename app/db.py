@@ -1,0 +1,74 @@
+"""PostgreSQL access: the pool, codecs, migrations and small row helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+from pogo_core.util import migrate as pogo
+
+from app.settings import ROOT
+
+MIGRATIONS = ROOT / "migrations"
+log = logging.getLogger("sepulki.db")
+
+Pool = asyncpg.Pool
+Record = asyncpg.Record
+QueryObserver = Callable[[str], None]
+T = TypeVar("T")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # UUIDs travel as strings: GraphQL IDs are strings, and it spares a conversion per field.
+    await conn.set_type_codec("uuid", encoder=str, decoder=str, schema="pg_catalog", format="text")
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+        )
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    observers: list[QueryObserver] | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections decode JSON and UUID; `observers` see every statement run."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if observers is not None:
+            conn.add_query_logger(lambda record: [fn(record.query) for fn in observers])
+
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init)
+    assert pool is not None
+    return pool
+
+
+async def migrate(dsn: str, migrations: Path = MIGRATIONS) -> None:
+    """Apply pending migrations in order; running it again is a no-op."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await pogo.apply(conn, migrations, schema_name="public", logger=log)
+    finally:
+        await conn.close()
+
+
+def group_rows(
+    rows: Iterable[Record],
+    key: str,
+    build: Callable[[Record], T] = dict,  # type: ignore[assignment]
+) -> dict[Any, list[T]]:
+    grouped: dict[Any, list[T]] = {}
+    for row in rows:
+        grouped.setdefault(row[key], []).append(build(row))
+    return grouped
+
+
+def by_key(rows: Iterable[Record], key: str = "id") -> dict[Any, dict[str, Any]]:
+    return {row[key]: dict(row) for row in rows}

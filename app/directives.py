@@ -1,0 +1,53 @@
+"""Enforcement of the SDL's `@requires(permission:)` and `@authenticated` directives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from inspect import isawaitable
+from typing import Any
+
+from ariadne import SchemaDirectiveVisitor
+from graphql import GraphQLField, GraphQLObjectType, GraphQLResolveInfo, default_field_resolver
+
+from app.permissions import Perm
+
+
+def _guard(field: GraphQLField, perm: Perm | None) -> GraphQLField:
+    resolve: Callable[..., Any] = field.resolve or default_field_resolver
+
+    async def guarded_resolve(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+        await info.context.require(perm)
+        result = resolve(obj, info, **kwargs)
+        return await result if isawaitable(result) else result
+
+    field.resolve = guarded_resolve
+    subscribe = field.subscribe
+    if subscribe is not None:
+
+        async def guarded_subscribe(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+            # Checked before the source stream starts, so a refusal is a plain GraphQL error.
+            await info.context.require(perm)
+            return subscribe(obj, info, **kwargs)
+
+        field.subscribe = guarded_subscribe
+    return field
+
+
+class RequiresDirective(SchemaDirectiveVisitor):
+    def visit_field_definition(
+        self, field: GraphQLField, object_type: GraphQLObjectType | Any
+    ) -> GraphQLField:
+        return _guard(field, Perm(self.args["permission"]))
+
+
+class AuthenticatedDirective(SchemaDirectiveVisitor):
+    def visit_field_definition(
+        self, field: GraphQLField, object_type: GraphQLObjectType | Any
+    ) -> GraphQLField:
+        return _guard(field, None)
+
+
+DIRECTIVES: dict[str, type[SchemaDirectiveVisitor]] = {
+    "requires": RequiresDirective,
+    "authenticated": AuthenticatedDirective,
+}

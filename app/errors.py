@@ -1,0 +1,79 @@
+"""Typed domain errors and the single place where errors become GraphQL responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from graphql import GraphQLError
+
+log = logging.getLogger("sepulki.errors")
+
+
+class DomainError(Exception):
+    """An error the client caused or may act on; its message is safe to show."""
+
+    code: ClassVar[str] = "BAD_USER_INPUT"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def as_payload_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+
+class Invalid(DomainError):
+    code = "BAD_USER_INPUT"
+
+
+class NotFound(DomainError):
+    code = "NOT_FOUND"
+
+    @classmethod
+    def of(cls, kind: str, ident: object) -> NotFound:
+        return cls(f"{kind} with id {ident} not found")
+
+
+class Unauthenticated(DomainError):
+    code = "UNAUTHENTICATED"
+
+    def __init__(self, message: str = "Authentication required") -> None:
+        super().__init__(message)
+
+
+class Forbidden(DomainError):
+    code = "FORBIDDEN"
+
+
+class Conflict(DomainError):
+    code = "CONFLICT"
+
+
+class NotImplementedYet(DomainError):
+    code = "NOT_IMPLEMENTED"
+
+
+def error_formatter(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
+    """Map every error to `{message, locations, path, extensions.code}`; never leak internals."""
+    formatted: dict[str, Any] = dict(error.formatted)
+    original = error.original_error
+    while isinstance(original, GraphQLError) and original.original_error is not None:
+        original = original.original_error
+    extensions: dict[str, Any] = dict(formatted.get("extensions") or {})
+    if isinstance(original, DomainError):
+        extensions["code"] = original.code
+        if original.field:
+            extensions["field"] = original.field
+    elif original is None or isinstance(original, GraphQLError):
+        # Parse, validation and argument-coercion errors: the client sent a bad document.
+        extensions.setdefault("code", "BAD_USER_INPUT")
+    else:
+        log.error("unhandled error in resolver", exc_info=original)
+        formatted["message"] = "Internal server error"
+        extensions["code"] = "INTERNAL_SERVER_ERROR"
+        if debug:
+            extensions["exception"] = repr(original)
+    formatted["extensions"] = extensions
+    return formatted

@@ -1,0 +1,85 @@
+"""Password hashing (argon2id, off the event loop) and access tokens (JWT, algorithm pinned)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from app.errors import Unauthenticated
+from app.settings import Settings
+
+
+class Passwords:
+    def __init__(self, settings: Settings) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=settings.argon2_time_cost, memory_cost=settings.argon2_memory_kib
+        )
+        # Checked against when an account does not exist, so that costs as much as a wrong password.
+        self.dummy_hash = self._hasher.hash(secrets.token_hex(16))
+
+    async def hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        def check() -> bool:
+            try:
+                return self._hasher.verify(password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        return await asyncio.to_thread(check)
+
+    def hash_sync(self, password: str) -> str:
+        """For seeding and tests only, never in a request."""
+        return self._hasher.hash(password)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    smith_id: uuid.UUID
+    session_id: str
+    expires_at: int
+
+
+class Tokens:
+    def __init__(self, settings: Settings) -> None:
+        self._secret = settings.jwt_secret
+        self._algorithm = settings.jwt_algorithm
+        self.ttl_s = settings.access_token_ttl_s
+
+    def issue(self, smith: dict[str, Any], session_id: str) -> tuple[str, int]:
+        now = int(time.time())
+        exp = now + self.ttl_s
+        claims = {
+            "sub": str(smith["id"]),
+            "email": smith["email"],
+            "role": smith["role"],
+            "sid": session_id,
+            "sessionId": session_id,
+            "iat": now,
+            "exp": exp,
+        }
+        return jwt.encode(claims, self._secret, algorithm=self._algorithm), exp
+
+    def verify(self, token: str) -> TokenClaims:
+        """Claims of a valid token; `Unauthenticated` for anything expired, forged or malformed."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[self._algorithm],
+                options={"require": ["exp", "iat", "sub"]},
+            )
+            return TokenClaims(uuid.UUID(claims["sub"]), str(claims.get("sid", "")), claims["exp"])
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("Token expired") from exc
+        except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
+            raise Unauthenticated("Invalid token") from exc

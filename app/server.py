@@ -1,0 +1,141 @@
+"""The application factory: the lifespan owns the database, the event bus and the services."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ariadne.asgi.handlers import GraphQLTransportWSHandler
+from broadcaster import Broadcast
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from app import db, seed
+from app.context import Context, Services, bearer_token, token_from_init_payload
+from app.embedded import EmbeddedPostgres
+from app.graphql_app import build_schema, create_graphql_app
+from app.loaders import Loaders
+from app.pubsub import Events
+from app.security import Passwords, Tokens
+from app.settings import Settings
+
+log = logging.getLogger("sepulki.server")
+
+
+class ServicesHolder:
+    """Filled by the lifespan; the GraphQL app reads it per request."""
+
+    services: Services | None = None
+
+
+def _context_factory(holder: ServicesHolder) -> Any:
+    def get_context(connection: HTTPConnection, _data: Any = None) -> Context:
+        # Never raises: an exception here would become an HTTP 500.
+        services = holder.services
+        assert services is not None, "lifespan has not started"
+        if isinstance(connection, WebSocket):
+            token = connection.scope.get("sepulki.token")
+        else:
+            token = bearer_token(connection.headers.get("authorization"))
+        return Context(services, connection, token, Loaders(services.db))
+
+    return get_context
+
+
+async def _on_ws_connect(websocket: WebSocket, payload: Any) -> None:
+    websocket.scope["sepulki.token"] = token_from_init_payload(payload)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    query_observers: list[db.QueryObserver] | None = None,
+    caches: bool = True,
+) -> Starlette:
+    settings = settings or Settings.from_env()
+    holder = ServicesHolder()
+    schema = build_schema()
+    graphql = create_graphql_app(
+        settings,
+        schema,
+        _context_factory(holder),
+        GraphQLTransportWSHandler(on_connect=_on_ws_connect),
+        caches=caches,
+    )
+    uploads_dir = settings.data_dir / "uploads"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            dsn = settings.database_url
+            if dsn is None:
+                embedded = EmbeddedPostgres(settings.data_dir)
+                dsn = await embedded.start()
+                stack.push_async_callback(embedded.stop)
+            await db.migrate(dsn)
+            passwords = Passwords(settings)
+            if settings.seed_on_start:
+                await seed.load(dsn, passwords)
+            pool = await db.create_pool(
+                dsn,
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                observers=query_observers,
+            )
+            stack.push_async_callback(pool.close)
+            broadcast = Broadcast(settings.broadcast_url)
+            await stack.enter_async_context(broadcast)
+            uploads_dir.mkdir(parents=True, exist_ok=True)
+            holder.services = Services(
+                settings=settings,
+                db=pool,
+                events=Events(broadcast),
+                passwords=passwords,
+                tokens=Tokens(settings),
+                uploads_dir=uploads_dir,
+            )
+            log.info("Sepulki Hammer ready: http://%s:%s/graphql", settings.host, settings.port)
+            try:
+                yield
+            finally:
+                holder.services = None
+
+    async def health(_request: Request) -> JSONResponse:
+        services = holder.services
+        if services is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        await services.db.fetchval("SELECT 1")
+        return JSONResponse({"status": "ok"})
+
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    routes = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        Route("/health", health),
+        Mount("/uploads", StaticFiles(directory=Path(uploads_dir), check_dir=False), name="uploads"),
+    ]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "x-api-key", "apollo-require-preflight"],
+            max_age=600,
+        ),
+        Middleware(GZipMiddleware, minimum_size=1024),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.services_holder = holder
+    app.state.schema = schema
+    return app

@@ -1,0 +1,88 @@
+"""Typed settings, read once from the environment (`SEPULKI_*`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Development-only secret: refused when SEPULKI_ENV=production.
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"  # noqa: S105
+DEV_CORS_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    env: str = "development"
+    database_url: str | None = None
+    # memory:// serves one process (development); redis://host:6379 for several replicas.
+    broadcast_url: str = "memory://"
+    data_dir: Path = ROOT / ".sepulki"
+    host: str = "127.0.0.1"
+    port: int = 4000
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_algorithm: str = "HS256"
+    access_token_ttl_s: int = 24 * 3600
+    cors_origins: tuple[str, ...] = DEV_CORS_ORIGINS
+    debug: bool = False
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    max_query_cost: int = 5000
+    max_query_depth: int = 12
+    # argon2id cost; tests lower it, production keeps the library defaults.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    seed_on_start: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        env = dict(environ if environ is not None else os.environ)
+
+        def get(name: str, default: str) -> str:
+            return env.get(f"SEPULKI_{name}", default)
+
+        mode = get("ENV", "development")
+        settings = cls(
+            env=mode,
+            database_url=env.get("SEPULKI_DATABASE_URL") or None,
+            broadcast_url=env.get("SEPULKI_REDIS_URL") or "memory://",
+            data_dir=Path(get("DATA_DIR", str(ROOT / ".sepulki"))),
+            host=get("HOST", "127.0.0.1"),
+            port=int(get("PORT", "4000")),
+            jwt_secret=get("JWT_SECRET", DEV_JWT_SECRET),
+            access_token_ttl_s=int(get("ACCESS_TOKEN_TTL_S", str(24 * 3600))),
+            cors_origins=_list(get("CORS_ORIGINS", ",".join(DEV_CORS_ORIGINS))),
+            debug=_bool(get("DEBUG", "false")),
+            db_pool_min=int(get("DB_POOL_MIN", "2")),
+            db_pool_max=int(get("DB_POOL_MAX", "10")),
+            max_query_cost=int(get("MAX_QUERY_COST", "5000")),
+            max_query_depth=int(get("MAX_QUERY_DEPTH", "12")),
+            argon2_time_cost=int(get("ARGON2_TIME_COST", "3")),
+            argon2_memory_kib=int(get("ARGON2_MEMORY_KIB", "65536")),
+            seed_on_start=_bool(get("SEED_ON_START", "true" if mode != "production" else "false")),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.production and self.jwt_secret == DEV_JWT_SECRET:
+            raise RuntimeError(
+                "SEPULKI_JWT_SECRET must be set in production; the development secret is refused"
+            )
+        if len(self.jwt_secret) < 32:
+            raise RuntimeError("SEPULKI_JWT_SECRET must be at least 32 characters")

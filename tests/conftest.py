@@ -1,0 +1,96 @@
+"""Fixtures that own real servers: PostgreSQL per session, a fresh database and app per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from app import db, seed
+from app.security import Passwords
+from app.settings import Settings
+from tests.servers import PostgresServer
+from tests.support import Api
+
+TEMPLATE = "sepulki_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url = os.environ.get("SEPULKI_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    # Cheap argon2 parameters: the suite hashes many passwords; production keeps the defaults.
+    return Settings(
+        env="test",
+        data_dir=Path(tmp_path_factory.mktemp("sepulki-data")),
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+        seed_on_start=False,
+        db_pool_min=1,
+        db_pool_max=5,
+    )
+
+
+def _with_db(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+async def template_url(postgres_url: str, base_settings: Settings) -> str:
+    """A database migrated and seeded once; every test gets a copy."""
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    finally:
+        await admin.close()
+    url = _with_db(postgres_url, TEMPLATE)
+    await db.migrate(url)
+    await seed.load(url, Passwords(base_settings))
+    return url
+
+
+@pytest.fixture
+async def database_url(postgres_url: str, template_url: str) -> AsyncIterator[str]:
+    name = f"sepulki_test_{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    finally:
+        await admin.close()
+    yield _with_db(postgres_url, name)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(base_settings: Settings, database_url: str) -> Settings:
+    return replace(base_settings, database_url=database_url)
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    """The application on a fresh copy of the seeded database, with its lifespan running."""
+    async with Api.running(settings) as running:
+        yield running

@@ -1,0 +1,126 @@
+"""Test helpers: an in-process client for the app, with the SQL statements it ran."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from app.server import create_app
+from app.settings import Settings
+
+ADMIN = ("admin@sepulki.com", "admin123")
+DEV = ("dev@sepulki.com", "dev123")
+DEMO = ("demo@sepulki.com", "demo123")
+TEST = ("test@sepulki.com", "test123")
+
+LOGIN = """
+mutation Login($email: String!, $password: String!) {
+  login(credentials: {email: $email, password: $password}) {
+    session { token refreshToken smithId expiresAt role permissions }
+    smith { id email role }
+    errors { code message }
+  }
+}
+"""
+
+
+class GraphQLErrors(AssertionError):
+    pass
+
+
+class Api:
+    def __init__(self, app: Any, client: httpx.AsyncClient, statements: list[str]) -> None:
+        self.app = app
+        self.client = client
+        self.statements = statements
+        self._tokens: dict[tuple[str, str], str] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, settings: Settings, **app_kwargs: Any) -> AsyncIterator[Api]:
+        statements: list[str] = []
+        app = create_app(settings, query_observers=[statements.append], **app_kwargs)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                yield cls(app, c, statements)
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services_holder.services
+
+    async def post(
+        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+    ) -> httpx.Response:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return await self.client.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+
+    async def execute(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        as_: tuple[str, str] | None = ADMIN,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """The full response body (`data` and `errors`)."""
+        if token is None and as_ is not None:
+            token = await self.token(*as_)
+        response = await self.post(query, variables, token=token)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def data(
+        self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """`data` of a response that must have no errors."""
+        body = await self.execute(query, variables, **kwargs)
+        if body.get("errors"):
+            raise GraphQLErrors(body["errors"])
+        data: dict[str, Any] = body["data"]
+        return data
+
+    async def error_codes(
+        self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any
+    ) -> list[str]:
+        body = await self.execute(query, variables, **kwargs)
+        return [e.get("extensions", {}).get("code") for e in body.get("errors") or []]
+
+    async def token(self, email: str, password: str) -> str:
+        key = (email, password)
+        if key not in self._tokens:
+            body = await self.execute(LOGIN, {"email": email, "password": password}, as_=None)
+            session = body["data"]["login"]["session"]
+            assert session, body
+            self._tokens[key] = session["token"]
+        return self._tokens[key]
+
+    async def create_smith(
+        self, email: str, role: str, password: str = "pw-for-tests", permissions: list[str] | None = None
+    ) -> tuple[str, str]:
+        """A smith with exactly the role's permissions (unless `permissions` adds some)."""
+        services = self.services
+        await services.db.execute(
+            "INSERT INTO smiths (email, name, password_hash, role, permissions) "
+            "VALUES ($1, $2, $3, $4::smith_role, $5)",
+            email,
+            email.split("@")[0],
+            await services.passwords.hash(password),
+            role,
+            permissions or [],
+        )
+        return (email, password)
+
+    @contextlib.contextmanager
+    def count_statements(self) -> Any:
+        """Collects the SQL statements run inside the block."""
+        start = len(self.statements)
+        collected: list[str] = []
+        yield collected
+        collected.extend(self.statements[start:])
