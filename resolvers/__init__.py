@@ -4,9 +4,34 @@ from __future__ import annotations
 
 from ariadne import SchemaBindable
 
-from resolvers import scalars, smiths
+from resolvers import (
+    bellows,
+    catalog,
+    edicts,
+    fleets,
+    floors,
+    ingots,
+    robots,
+    scalars,
+    sepulkas,
+    smiths,
+    subscriptions,
+    tasks,
+    uploads,
+)
 
 bindables: list[SchemaBindable] = [
     *scalars.bindables,
     *smiths.bindables,
+    *catalog.bindables,
+    *sepulkas.bindables,
+    *ingots.bindables,
+    *fleets.bindables,
+    *robots.bindables,
+    *floors.bindables,
+    *tasks.bindables,
+    *uploads.bindables,
+    *edicts.bindables,
+    *bellows.bindables,
+    *subscriptions.bindables,
 ]

@@ -1,0 +1,7 @@
+"""Subscription resolvers (robotStatus, taskUpdates, policyBreaches, bellowsStream) (to be written)."""
+
+from __future__ import annotations
+
+from ariadne import SchemaBindable
+
+bindables: list[SchemaBindable] = []
