@@ -10,7 +10,8 @@ from pathlib import Path
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"  # noqa: S105
 DEV_CORS_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
 
-ROOT = Path(__file__).resolve().parent.parent
+# Where schema/, migrations/ and seed/ live: the checkout, or SEPULKI_HOME for installed copies.
+ROOT = Path(os.environ.get("SEPULKI_HOME") or Path(__file__).resolve().parent.parent)
 
 
 def _bool(value: str) -> bool:

@@ -1,7 +1,60 @@
-"""Resolvers of schema/catalog.graphql (to be written)."""
+"""Resolvers of schema/catalog.graphql: patterns, alloys and alloy compatibility entries."""
 
 from __future__ import annotations
 
-from ariadne import SchemaBindable
+from typing import Any
 
-bindables: list[SchemaBindable] = []
+from ariadne import ObjectType, QueryType, SchemaBindable
+from graphql import GraphQLResolveInfo
+
+from app import catalog
+from app.validation import parse_id
+
+query = QueryType()
+compatibility = ObjectType("AlloyCompatibility")
+
+
+@query.field("patterns")
+async def resolve_patterns(
+    _: Any,
+    info: GraphQLResolveInfo,
+    category: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> list[dict[str, Any]]:
+    return await catalog.list_patterns(info.context.db, category, limit, offset)
+
+
+@query.field("pattern")
+async def resolve_pattern(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+    return await info.context.loaders.load(catalog.patterns_by_id, parse_id(id))
+
+
+@query.field("alloys")
+async def resolve_alloys(
+    _: Any,
+    info: GraphQLResolveInfo,
+    filter: dict[str, Any] | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> list[dict[str, Any]]:
+    return await catalog.list_alloys(info.context.db, filter, limit, offset)
+
+
+@query.field("alloy")
+async def resolve_alloy(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+    return await info.context.loaders.load(catalog.alloys_by_id, parse_id(id))
+
+
+# The compatibility JSON keeps the reference's camelCase keys, which the snake_case default misses.
+@compatibility.field("alloyId")
+def resolve_alloy_id(entry: dict[str, Any], _: GraphQLResolveInfo) -> Any:
+    return entry.get("alloyId")
+
+
+@compatibility.field("compatibleWith")
+def resolve_compatible_with(entry: dict[str, Any], _: GraphQLResolveInfo) -> list[Any]:
+    return entry.get("compatibleWith") or []
+
+
+bindables: list[SchemaBindable] = [query, compatibility]

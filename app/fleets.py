@@ -1,0 +1,156 @@
+"""Fleets and loci: their queries and loaders, the emergency stop and moving a fleet's locus."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app import audit
+from app.context import Context, Viewer
+from app.db import Pool, by_key
+from app.errors import NotFound
+from app.pubsub import channels
+from app.validation import finite
+
+TELEMETRY_WINDOW = timedelta(hours=1)
+OPEN_TASK_STATUSES = ["PENDING", "ASSIGNED", "IN_PROGRESS"]
+
+LIST_FLEETS = """
+SELECT * FROM fleets
+WHERE deleted_at IS NULL
+  AND ($1::fleet_status IS NULL OR status = $1::fleet_status)
+  AND ($2::uuid IS NULL OR locus_id = $2::uuid)
+ORDER BY name, id
+LIMIT $3 OFFSET $4
+"""
+FLEETS_BY_ID = "SELECT * FROM fleets WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
+LIST_LOCI = "SELECT * FROM loci ORDER BY name, id LIMIT $1 OFFSET $2"
+LOCI_BY_ID = "SELECT * FROM loci WHERE id = ANY($1::uuid[])"
+TASKS_BY_ID = "SELECT * FROM tasks WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
+EDICTS_BY_ID = "SELECT * FROM edicts WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
+
+LOCK_FLEET = "SELECT * FROM fleets WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+STOP_ROBOTS = """
+UPDATE robots SET status = 'MAINTENANCE'
+WHERE fleet_id = $1 AND deleted_at IS NULL
+RETURNING *
+"""
+# A task belongs to the fleet when it was dispatched to it or when one of its robots works on it.
+CANCEL_FLEET_TASKS = """
+UPDATE tasks SET status = 'CANCELLED'
+WHERE deleted_at IS NULL
+  AND status = ANY($2::task_status[])
+  AND (fleet_id = $1
+       OR id IN (SELECT tr.task_id FROM task_robots tr JOIN robots r ON r.id = tr.robot_id
+                 WHERE r.fleet_id = $1))
+RETURNING *
+"""
+CANCEL_RUNS = """
+UPDATE runs SET status = 'CANCELLED', completed_at = now()
+WHERE task_id = ANY($1::uuid[]) AND status IN ('PENDING', 'RUNNING')
+RETURNING id
+"""
+STOP_FLEET = """
+UPDATE fleets SET status = 'MAINTENANCE',
+  active_task_id = CASE WHEN active_task_id = ANY($2::uuid[]) THEN NULL ELSE active_task_id END
+WHERE id = $1
+RETURNING *
+"""
+MOVE_LOCUS = """
+UPDATE loci l SET coordinates = $2
+FROM (SELECT id, coordinates FROM loci WHERE id = $1 FOR UPDATE) old
+WHERE l.id = old.id
+RETURNING old.coordinates
+"""
+
+
+async def list_fleets(
+    pool: Pool, status: str | None, locus_id: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    return [dict(r) for r in await pool.fetch(LIST_FLEETS, status, locus_id, limit, offset)]
+
+
+async def list_loci(pool: Pool, limit: int, offset: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in await pool.fetch(LIST_LOCI, limit, offset)]
+
+
+async def fleets_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
+    rows = by_key(await pool.fetch(FLEETS_BY_ID, ids))
+    return [rows.get(i) for i in ids]
+
+
+async def loci_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
+    rows = by_key(await pool.fetch(LOCI_BY_ID, ids))
+    return [rows.get(i) for i in ids]
+
+
+async def tasks_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
+    rows = by_key(await pool.fetch(TASKS_BY_ID, ids))
+    return [rows.get(i) for i in ids]
+
+
+async def edicts_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
+    rows = by_key(await pool.fetch(EDICTS_BY_ID, ids))
+    return [rows.get(i) for i in ids]
+
+
+async def constraints(ctx: Context, edict_ids: list[str] | None) -> list[dict[str, Any]]:
+    """The edicts in the stored order; deleted ones drop out."""
+    edicts = await ctx.loaders(edicts_by_id).load_many(list(edict_ids or []))
+    return [e for e in edicts if e is not None]
+
+
+def telemetry_window(fleet_id: str) -> dict[str, Any]:
+    """The BellowsStream of the last hour; the bellows module reads the stored telemetry for it."""
+    end = datetime.now(UTC)
+    return {"fleet_id": fleet_id, "start": end - TELEMETRY_WINDOW, "end": end, "real_time": False}
+
+
+def check_coordinates(coordinates: dict[str, Any], field: str = "coordinates") -> dict[str, Any]:
+    """Validated {latitude, longitude, altitude}; altitude stays optional."""
+    latitude, longitude = coordinates["latitude"], coordinates["longitude"]
+    altitude = coordinates.get("altitude")
+    finite(latitude, f"{field}.latitude", low=-90, high=90)
+    finite(longitude, f"{field}.longitude", low=-180, high=180)
+    finite(altitude, f"{field}.altitude")
+    return {"latitude": latitude, "longitude": longitude, "altitude": altitude}
+
+
+async def emergency_stop(ctx: Context, viewer: Viewer, fleet_id: str) -> dict[str, Any]:
+    async with ctx.db.acquire() as conn, conn.transaction():
+        if await conn.fetchrow(LOCK_FLEET, fleet_id) is None:
+            raise NotFound.of("Fleet", fleet_id)
+        robots = [dict(r) for r in await conn.fetch(STOP_ROBOTS, fleet_id)]
+        tasks = [dict(r) for r in await conn.fetch(CANCEL_FLEET_TASKS, fleet_id, OPEN_TASK_STATUSES)]
+        task_ids = [t["id"] for t in tasks]
+        runs = await conn.fetch(CANCEL_RUNS, task_ids)
+        fleet = dict(await conn.fetchrow(STOP_FLEET, fleet_id, task_ids))
+        changes = {
+            "robots": [r["id"] for r in robots],
+            "tasks": task_ids,
+            "runs": [r["id"] for r in runs],
+        }
+        await audit.record(conn, ctx, viewer.id, "emergencyStop", "Fleet", fleet_id, changes)
+    for robot in robots:
+        await ctx.events.publish_many([channels.robot_status(robot["id"]), channels.ROBOT_STATUS_ALL], robot)
+    for task in tasks:
+        # A task cancelled through one of its robots may have been dispatched to another fleet.
+        fleet_ids = dict.fromkeys([fleet_id, task["fleet_id"] or fleet_id])
+        await ctx.events.publish_many([*map(channels.tasks, fleet_ids), channels.TASKS_ALL], task)
+    return fleet
+
+
+async def update_location(
+    ctx: Context, viewer: Viewer, fleet_id: str, coordinates: dict[str, Any]
+) -> dict[str, Any]:
+    """Rewrites the locus: every robot's local pose then maps to the new place."""
+    checked = check_coordinates(coordinates)
+    async with ctx.db.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(LOCK_FLEET, fleet_id)
+        if row is None:
+            raise NotFound.of("Fleet", fleet_id)
+        fleet = dict(row)
+        before = await conn.fetchval(MOVE_LOCUS, fleet["locus_id"], checked)
+        changes = {"locus_id": fleet["locus_id"], "from": before, "to": checked}
+        await audit.record(conn, ctx, viewer.id, "updateFleetLocation", "Fleet", fleet_id, changes)
+    return fleet
