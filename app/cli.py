@@ -21,7 +21,7 @@ def _serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
-        ws="websockets",
+        ws="websockets-sansio",
         proxy_headers=True,
     )
 

@@ -27,7 +27,8 @@ def _guard(field: GraphQLField, perm: Perm | None) -> GraphQLField:
         async def guarded_subscribe(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
             # Checked before the source stream starts, so a refusal is a plain GraphQL error.
             await info.context.require(perm)
-            return subscribe(obj, info, **kwargs)
+            result = subscribe(obj, info, **kwargs)
+            return await result if isawaitable(result) else result
 
         field.subscribe = guarded_subscribe
     return field

@@ -8,6 +8,7 @@ from typing import Any
 from app import audit
 from app.context import Context, Viewer
 from app.db import Pool, by_key
+from app.edicts import edicts_by_id
 from app.errors import NotFound
 from app.pubsub import channels
 from app.validation import finite
@@ -26,8 +27,6 @@ LIMIT $3 OFFSET $4
 FLEETS_BY_ID = "SELECT * FROM fleets WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
 LIST_LOCI = "SELECT * FROM loci ORDER BY name, id LIMIT $1 OFFSET $2"
 LOCI_BY_ID = "SELECT * FROM loci WHERE id = ANY($1::uuid[])"
-TASKS_BY_ID = "SELECT * FROM tasks WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
-EDICTS_BY_ID = "SELECT * FROM edicts WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
 
 LOCK_FLEET = "SELECT * FROM fleets WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
 STOP_ROBOTS = """
@@ -84,25 +83,22 @@ async def loci_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
     return [rows.get(i) for i in ids]
 
 
-async def tasks_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(TASKS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
-
-
-async def edicts_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(EDICTS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
-
-
 async def constraints(ctx: Context, edict_ids: list[str] | None) -> list[dict[str, Any]]:
     """The edicts in the stored order; deleted ones drop out."""
     edicts = await ctx.loaders(edicts_by_id).load_many(list(edict_ids or []))
     return [e for e in edicts if e is not None]
 
 
-def telemetry_window(fleet_id: str) -> dict[str, Any]:
+async def request_time(_pool: Pool, keys: list[str]) -> list[datetime]:
+    """The request's clock, read once: every fleet of a request then asks bellows for the same
+    window, which its loader answers with one query instead of one per fleet."""
+    now = datetime.now(UTC)
+    return [now for _ in keys]
+
+
+async def telemetry_window(ctx: Context, fleet_id: str) -> dict[str, Any]:
     """The BellowsStream of the last hour; the bellows module reads the stored telemetry for it."""
-    end = datetime.now(UTC)
+    end: datetime = await ctx.loaders.load(request_time, "now")
     return {"fleet_id": fleet_id, "start": end - TELEMETRY_WINDOW, "end": end, "real_time": False}
 
 

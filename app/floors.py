@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path, PurePath
@@ -51,7 +50,9 @@ UPDATE factory_floors SET
 WHERE id = $1
 RETURNING *
 """
-DELETE_FLOOR = "UPDATE factory_floors SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id"
+DELETE_FLOOR = (
+    "UPDATE factory_floors SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING id"
+)
 UNPLACE_ROBOTS = """
 UPDATE robots SET factory_floor_id = NULL, floor_position_x = NULL, floor_position_y = NULL,
   floor_position_theta = NULL, floor_rotation_degrees = NULL
@@ -102,7 +103,9 @@ async def _read_blueprint(upload: Any) -> tuple[bytes, str, str]:
     kind = BLUEPRINT_TYPES.get(suffix)
     if kind is None:
         allowed = ", ".join(sorted(BLUEPRINT_TYPES))
-        raise Invalid(f"Unsupported blueprint file type {suffix or '(none)'}; use {allowed}", field="blueprintFile")
+        raise Invalid(
+            f"Unsupported blueprint file type {suffix or '(none)'}; use {allowed}", field="blueprintFile"
+        )
     # One byte over the limit is enough to know it is too large, without reading it all.
     data = await upload.read(MAX_BLUEPRINT_BYTES + 1)
     if len(data) > MAX_BLUEPRINT_BYTES:
@@ -154,7 +157,8 @@ async def update_floor(
     _check_fields(values)
     blueprint = await _read_blueprint(upload) if upload is not None else None
     async with ctx.db.acquire() as conn, conn.transaction():
-        if await conn.fetchrow(LOCK_FLOOR, floor_id) is None:
+        current = await conn.fetchrow(LOCK_FLOOR, floor_id)
+        if current is None:
             raise NotFound.of("FactoryFloor", floor_id)
         url = kind = None
         if blueprint is not None:
@@ -164,11 +168,23 @@ async def update_floor(
         fields = [values.get(k) for k in (*DIMENSIONS, *ORIGIN)]
         floor = dict(
             await conn.fetchrow(
-                UPDATE_FLOOR, floor_id, name, "description" in values, values.get("description"), *fields, url, kind
+                UPDATE_FLOOR,
+                floor_id,
+                name,
+                "description" in values,
+                values.get("description"),
+                *fields,
+                url,
+                kind,
             )
         )
-        changes = {k: v for k, v in values.items()} | ({"blueprint_url": url} if url else {})
+        changes = dict(values) | ({"blueprint_url": url} if url else {})
         await audit.record(conn, ctx, viewer.id, "updateFactoryFloor", "FactoryFloor", floor_id, changes)
+    old_url = current["blueprint_url"]
+    if url and old_url and old_url != url and old_url.startswith("/uploads/blueprints/"):
+        # A blueprint of another type was replaced: its file is no longer referenced.
+        old = ctx.services.uploads_dir / "blueprints" / PurePath(old_url).name
+        await asyncio.to_thread(old.unlink, True)
     return floor
 
 
@@ -192,7 +208,12 @@ def _position(floor: dict[str, Any], position: dict[str, Any] | None) -> tuple[f
         return x, y, 0.0, 0.0
     x, y = position["position_x"], position["position_y"]
     theta, rotation = position.get("position_theta") or 0.0, position.get("rotation_degrees") or 0.0
-    for value, field in ((x, "positionX"), (y, "positionY"), (theta, "positionTheta"), (rotation, "rotationDegrees")):
+    for value, field in (
+        (x, "positionX"),
+        (y, "positionY"),
+        (theta, "positionTheta"),
+        (rotation, "rotationDegrees"),
+    ):
         finite(value, f"position.{field}")
     bounds = (
         (x, "positionX", floor["origin_x"], floor["width_meters"]),
@@ -237,7 +258,3 @@ async def assign_robot(
 
 async def move_robot(ctx: Context, viewer: Viewer, robot_id: str, position: dict[str, Any]) -> dict[str, Any]:
     return await _place(ctx, viewer, "updateRobotFloorPosition", robot_id, None, position)
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

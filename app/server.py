@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ariadne.asgi.handlers import GraphQLTransportWSHandler
 from broadcaster import Broadcast
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,6 +25,7 @@ from app.embedded import EmbeddedPostgres
 from app.graphql_app import build_schema, create_graphql_app
 from app.loaders import Loaders
 from app.pubsub import Events
+from app.realtime import AuthenticatingWSHandler
 from app.security import Passwords, Tokens
 from app.settings import Settings
 
@@ -53,6 +53,8 @@ def _context_factory(holder: ServicesHolder) -> Any:
 
 
 async def _on_ws_connect(websocket: WebSocket, payload: Any) -> None:
+    # Runs after AuthenticatingWSHandler accepted the token (or found none); the context factory
+    # reads it from the scope for every subscribe message of this socket.
     websocket.scope["sepulki.token"] = token_from_init_payload(payload)
 
 
@@ -69,7 +71,7 @@ def create_app(
         settings,
         schema,
         _context_factory(holder),
-        GraphQLTransportWSHandler(on_connect=_on_ws_connect),
+        AuthenticatingWSHandler(lambda: holder.services, on_connect=_on_ws_connect),
         caches=caches,
     )
     uploads_dir = settings.data_dir / "uploads"

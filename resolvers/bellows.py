@@ -1,7 +1,55 @@
-"""Resolvers of schema/bellows.graphql (to be written)."""
+"""Resolvers of schema/bellows.graphql: stored fleet telemetry and one robot's recent samples.
+
+BellowsStream.metrics/events also serve Fleet.telemetry, whose parent is the same
+`{fleet_id, start, end, real_time}` dict; a live subscription payload carries them already.
+"""
 
 from __future__ import annotations
 
-from ariadne import SchemaBindable
+from typing import Any
 
-bindables: list[SchemaBindable] = []
+from ariadne import ObjectType, QueryType
+from graphql import GraphQLResolveInfo
+
+from app import bellows
+from app.validation import page, parse_id
+
+query = QueryType()
+bellows_stream = ObjectType("BellowsStream")
+
+
+@query.field("bellows")
+async def resolve_bellows(
+    _: Any, info: GraphQLResolveInfo, fleet_id: str, time_range: dict
+) -> dict[str, Any]:
+    fleet_id = parse_id(fleet_id, "fleetId")
+    return await bellows.stream(info.context, fleet_id, time_range["start"], time_range["end"])
+
+
+@query.field("robotTelemetry")
+async def resolve_robot_telemetry(
+    _: Any, info: GraphQLResolveInfo, robot_id: str, time_range: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    limit, _offset = page(100 if limit is None else limit, 0)
+    return await bellows.robot_telemetry(info.context, robot_id, time_range, limit)
+
+
+@bellows_stream.field("metrics")
+async def resolve_metrics(stream: dict, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    if "metrics" in stream:
+        return stream["metrics"]  # type: ignore[no-any-return]
+    key = (stream["fleet_id"], stream["start"], stream["end"])
+    metrics: list[dict[str, Any]] = await info.context.loaders.load(bellows.metrics_by_window, key)
+    return metrics
+
+
+@bellows_stream.field("events")
+async def resolve_events(stream: dict, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    if "events" in stream:
+        return stream["events"]  # type: ignore[no-any-return]
+    key = (stream["fleet_id"], stream["start"], stream["end"])
+    events: list[dict[str, Any]] = await info.context.loaders.load(bellows.events_by_window, key)
+    return events
+
+
+bindables = [query, bellows_stream]

@@ -1,7 +1,94 @@
-"""Resolvers of schema/robots.graphql (to be written)."""
+"""Resolvers of schema/robots.graphql: robot queries, derived fields (pose, mobility) and updates."""
 
 from __future__ import annotations
 
-from ariadne import SchemaBindable
+from typing import Any
 
-bindables: list[SchemaBindable] = []
+from ariadne import MutationType, ObjectType, QueryType
+from graphql import GraphQLResolveInfo
+
+from app import fleets, floors, robots
+from app.validation import page, parse_id
+
+query = QueryType()
+mutation = MutationType()
+robot_type = ObjectType("Robot")
+
+
+@query.field("robots")
+async def resolve_robots(
+    _: Any,
+    info: GraphQLResolveInfo,
+    fleet_id: str | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> list[dict[str, Any]]:
+    limit, offset = page(limit, offset)
+    fleet_id = parse_id(fleet_id, "fleetId") if fleet_id is not None else None
+    return await robots.list_robots(info.context.db, fleet_id, status, limit, offset)
+
+
+@query.field("robot")
+async def resolve_robot(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+    return await info.context.loaders.load(robots.robots_by_id, parse_id(id))
+
+
+@mutation.field("updateRobotStatus")
+async def resolve_update_robot_status(
+    _: Any, info: GraphQLResolveInfo, robot_id: str, status: str
+) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await robots.update_status(info.context, viewer, parse_id(robot_id, "robotId"), status)
+
+
+@mutation.field("updateRobotLocation")
+async def resolve_update_robot_location(
+    _: Any, info: GraphQLResolveInfo, robot_id: str, coordinates: dict
+) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await robots.update_location(info.context, viewer, parse_id(robot_id, "robotId"), coordinates)
+
+
+@mutation.field("updateRobotMobility")
+async def resolve_update_robot_mobility(
+    _: Any, info: GraphQLResolveInfo, robot_id: str, is_mobile: bool
+) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await robots.update_mobility(info.context, viewer, parse_id(robot_id, "robotId"), is_mobile)
+
+
+@robot_type.field("currentIngot")
+async def resolve_current_ingot(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+    return await info.context.loaders.load(robots.ingots_by_id, robot["current_ingot_id"])
+
+
+@robot_type.field("factoryFloor")
+async def resolve_factory_floor(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+    if robot["factory_floor_id"] is None:
+        return None
+    return await info.context.loaders.load(floors.floors_by_id, robot["factory_floor_id"])
+
+
+@robot_type.field("pose")
+async def resolve_pose(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+    # Without a geo-referenced locus a local pose cannot be placed on the globe.
+    if not robot["last_pose"]:
+        return None
+    fleet = await info.context.loaders.load(fleets.fleets_by_id, robot["fleet_id"])
+    locus = fleet and await info.context.loaders.load(fleets.loci_by_id, fleet["locus_id"])
+    origin = locus and locus["coordinates"]
+    if not origin or origin.get("latitude") is None or origin.get("longitude") is None:
+        return None
+    return robots.pose_view(robot["last_pose"], origin, robot["last_seen"])
+
+
+@robot_type.field("isMobile")
+async def resolve_is_mobile(robot: dict, info: GraphQLResolveInfo) -> bool | None:
+    if robot["is_mobile"] is not None:
+        return bool(robot["is_mobile"])
+    category = await info.context.loaders.load(robots.pattern_category_by_sepulka_id, robot["sepulka_id"])
+    return robots.mobility_from_category(category)
+
+
+bindables = [query, mutation, robot_type]

@@ -1,7 +1,29 @@
-"""Resolvers of schema/uploads.graphql (to be written)."""
+"""Resolvers of schema/uploads.graphql (both answer NOT_IMPLEMENTED after checking their arguments)."""
 
 from __future__ import annotations
 
-from ariadne import SchemaBindable
+from typing import Any
 
-bindables: list[SchemaBindable] = []
+from ariadne import MutationType
+from graphql import GraphQLResolveInfo
+
+from app import uploads
+
+mutation = MutationType()
+
+
+@mutation.field("uploadProgram")
+async def resolve_upload_program(
+    _: Any, info: GraphQLResolveInfo, file: Any, robot_id: str | None = None, fleet_id: str | None = None
+) -> dict[str, Any]:
+    return await uploads.upload_program(robot_id, fleet_id, file)
+
+
+@mutation.field("uploadRoute")
+async def resolve_upload_route(
+    _: Any, info: GraphQLResolveInfo, file: Any, robot_id: str | None = None, fleet_id: str | None = None
+) -> dict[str, Any]:
+    return await uploads.upload_route(robot_id, fleet_id, file)
+
+
+bindables = [mutation]

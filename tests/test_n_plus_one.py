@@ -83,9 +83,13 @@ async def _tasks_with_robots(api: Api, tasks: int) -> None:
     )
 
 
+# asyncpg's own statements when a pool connection is opened or released (type introspection,
+# JIT settings, reset) are not part of the request's work and vary with pool state.
+_CONNECTION_UPKEEP = ("pg_catalog", "pg_type", "typeinfo_tree", "jit", "pg_advisory_unlock_all")
+
+
 def _ours(statements: list[str]) -> list[str]:
-    # Connection set-up (type codec introspection) is not part of the request's work.
-    return [s for s in statements if "pg_catalog" not in s and "pg_type" not in s]
+    return [s for s in statements if not any(marker in s for marker in _CONNECTION_UPKEEP)]
 
 
 async def _count(api: Api, query: str, variables: dict | None = None) -> tuple[int, dict]:

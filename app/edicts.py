@@ -1,0 +1,158 @@
+"""Edicts (fleet policies): listing, rule validation, creator-or-admin changes, deactivation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import audit
+from app.context import Context, Viewer
+from app.db import Pool, by_key
+from app.errors import Forbidden, Invalid, NotFound
+from app.validation import parse_id, required_text
+
+APPLIES_TO_KEYS = frozenset({"fleets", "robots", "locations", "taskTypes"})
+
+EDICTS = """
+SELECT * FROM edicts
+WHERE deleted_at IS NULL
+  AND ($1::edict_type IS NULL OR type = $1::edict_type)
+  AND ($2::boolean IS NULL OR active = $2)
+ORDER BY created_at DESC, id
+LIMIT $3 OFFSET $4
+"""
+EDICTS_BY_ID = "SELECT * FROM edicts WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
+LOCK_EDICT = "SELECT * FROM edicts WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+INSERT_EDICT = """
+INSERT INTO edicts (name, description, type, rules, severity, active, applies_to, created_by)
+VALUES ($1, $2, $3::edict_type, $4, $5::edict_severity, $6, $7, $8)
+RETURNING *
+"""
+REPLACE_EDICT = """
+UPDATE edicts SET name = $2, description = $3, type = $4::edict_type, rules = $5,
+                  severity = $6::edict_severity, active = $7, applies_to = $8
+WHERE id = $1
+RETURNING *
+"""
+DEACTIVATE_EDICT = "UPDATE edicts SET active = false, applies_to = NULL WHERE id = $1 RETURNING *"
+RESOLVE_VIOLATIONS = """
+UPDATE policy_violations SET resolved = true, resolved_by = $2, resolved_at = now()
+WHERE edict_id = $1 AND NOT resolved
+RETURNING id
+"""
+
+
+async def edicts_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
+    rows = by_key(await pool.fetch(EDICTS_BY_ID, ids))
+    return [rows.get(i) for i in ids]
+
+
+async def list_edicts(
+    ctx: Context, edict_type: str | None, active: bool | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    return [dict(r) for r in await ctx.db.fetch(EDICTS, edict_type, active, limit, offset)]
+
+
+async def get_edict(ctx: Context, edict_id: str) -> dict[str, Any] | None:
+    edict: dict[str, Any] | None = await ctx.loaders.load(edicts_by_id, edict_id)
+    return edict
+
+
+def _check_rules(rules: Any) -> None:
+    """`{condition: {type, operator, rules: [...]}, actions: [{type, parameters?, immediate?}]}`;
+    other keys (e.g. `exceptions`) are kept as given."""
+    shape = (
+        "rules must be {condition: {type, operator, rules: [...]}, actions: [{type, parameters, immediate}]}"
+    )
+    if not isinstance(rules, dict):
+        raise Invalid(shape, field="rules")
+    condition = rules.get("condition")
+    if (
+        not isinstance(condition, dict)
+        or not isinstance(condition.get("type"), str)
+        or not isinstance(condition.get("operator"), str)
+        or not isinstance(condition.get("rules"), list)
+    ):
+        raise Invalid(shape, field="rules")
+    actions = rules.get("actions")
+    if not isinstance(actions, list):
+        raise Invalid(shape, field="rules")
+    for action in actions:
+        if (
+            not isinstance(action, dict)
+            or not isinstance(action.get("type"), str)
+            or not isinstance(action.get("parameters", {}), dict | None)
+            or not isinstance(action.get("immediate", False), bool | None)
+        ):
+            raise Invalid(shape, field="rules")
+
+
+def _check_applies_to(applies_to: Any) -> None:
+    if applies_to is None:
+        return
+    shape = "appliesTo must be an object with optional lists fleets, robots, locations, taskTypes"
+    if not isinstance(applies_to, dict) or not set(applies_to) <= APPLIES_TO_KEYS:
+        raise Invalid(shape, field="appliesTo")
+    if not all(isinstance(v, list) for v in applies_to.values()):
+        raise Invalid(shape, field="appliesTo")
+
+
+def _values(edict_input: dict[str, Any]) -> tuple[Any, ...]:
+    """The checked column values, in INSERT/UPDATE order (name ... applies_to)."""
+    name = required_text(edict_input.get("name"), "name")
+    _check_rules(edict_input.get("rules"))
+    _check_applies_to(edict_input.get("applies_to"))
+    active = edict_input.get("active")
+    return (
+        name,
+        edict_input.get("description"),
+        edict_input["type"],
+        edict_input["rules"],
+        edict_input["severity"],
+        True if active is None else active,
+        edict_input.get("applies_to"),
+    )
+
+
+def _check_owner(viewer: Viewer, edict: Any) -> None:
+    if not viewer.is_admin and edict["created_by"] != viewer.id:
+        raise Forbidden("Only the edict's creator or an ADMIN may change it")
+
+
+async def add(ctx: Context, edict_input: dict[str, Any]) -> dict[str, Any]:
+    viewer = await ctx.require()
+    values = _values(edict_input)
+    async with ctx.db.acquire() as conn, conn.transaction():
+        edict = dict(await conn.fetchrow(INSERT_EDICT, *values, viewer.id))
+        changes = {"name": edict["name"], "type": edict["type"], "severity": edict["severity"]}
+        await audit.record(conn, ctx, viewer.id, "addEdict", "edict", edict["id"], changes)
+    return edict
+
+
+async def update(ctx: Context, edict_id: str, edict_input: dict[str, Any]) -> dict[str, Any]:
+    viewer = await ctx.require()
+    edict_id = parse_id(edict_id)
+    values = _values(edict_input)
+    async with ctx.db.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(LOCK_EDICT, edict_id)
+        if current is None:
+            raise NotFound.of("Edict", edict_id)
+        _check_owner(viewer, current)
+        edict = dict(await conn.fetchrow(REPLACE_EDICT, edict_id, *values))
+        changes = {"name": edict["name"], "active": edict["active"], "severity": edict["severity"]}
+        await audit.record(conn, ctx, viewer.id, "updateEdict", "edict", edict_id, changes)
+    return edict
+
+
+async def deactivate(ctx: Context, edict_id: str) -> dict[str, Any]:
+    viewer = await ctx.require()
+    edict_id = parse_id(edict_id)
+    async with ctx.db.acquire() as conn, conn.transaction():
+        current = await conn.fetchrow(LOCK_EDICT, edict_id)
+        if current is None:
+            raise NotFound.of("Edict", edict_id)
+        _check_owner(viewer, current)
+        edict = dict(await conn.fetchrow(DEACTIVATE_EDICT, edict_id))
+        resolved = [r["id"] for r in await conn.fetch(RESOLVE_VIOLATIONS, edict_id, viewer.id)]
+        changes = {"active": False, "resolvedViolations": resolved}
+        await audit.record(conn, ctx, viewer.id, "deactivateEdict", "edict", edict_id, changes)
+    return edict

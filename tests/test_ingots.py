@@ -1,0 +1,252 @@
+"""A smith casts builds (ingots) of ready designs and rolls a fleet back to an earlier version."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from app.pubsub import channels
+from tests.support import DEMO, TEST, Api
+
+DEVBOT = "50000000-0000-4000-8000-000000000001"
+WAREHOUSE = "50000000-0000-4000-8000-000000000002"
+ASSEMBLY = "50000000-0000-4000-8000-000000000003"
+DEVBOT_INGOT = "60000000-0000-4000-8000-000000000001"
+WAREHOUSE_INGOT = "60000000-0000-4000-8000-000000000002"
+ASSEMBLY_FLEET = "40000000-0000-4000-8000-000000000001"
+DEV_FLEET = "40000000-0000-4000-8000-000000000002"
+ALPHA = "70000000-0000-4000-8000-000000000001"
+BETA = "70000000-0000-4000-8000-000000000002"
+ADMIN_ID = "00000000-0000-4000-8000-000000000001"
+DEMO_ID = "00000000-0000-4000-8000-000000000003"
+TEST_ID = "00000000-0000-4000-8000-000000000004"
+UNKNOWN = "99999999-0000-4000-8000-000000000000"
+
+INGOTS = """
+query($filter: IngotFilter, $limit: Int, $offset: Int) {
+  ingots(filter: $filter, limit: $limit, offset: $offset) {
+    id sepulkaId version buildHash status buildLogs tempered createdAt
+    artifacts { type path size checksum }
+  }
+}
+"""
+INGOT = "query($id: ID!) { ingot(id: $id) { id version status temperResults { metrics } } }"
+CAST = """
+mutation($id: ID!) {
+  castIngot(sepulkaId: $id) {
+    ingot { id sepulkaId version buildHash status artifacts { path } buildLogs tempered }
+    errors { code message field }
+  }
+}
+"""
+TEMPER = """
+mutation($id: ID!) {
+  temperIngot(ingotId: $id, input: {goals: [{metric: "speed", target: "max"}]}) { ingot { id } }
+}
+"""
+QUENCH = """
+mutation($ingot: ID!, $fleet: ID!, $pct: Int) {
+  quenchToFleet(ingotId: $ingot, fleetId: $fleet, rolloutPercent: $pct) { deployment { id } }
+}
+"""
+RECALL = """
+mutation($fleet: ID!, $version: String!) {
+  recallFleet(fleetId: $fleet, toVersion: $version) {
+    deployment { id ingotId fleetId status rolloutPercent createdAt }
+    errors { code message field }
+  }
+}
+"""
+
+
+def codes(body: dict) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors") or []]
+
+
+async def test_ingots_of_a_sepulka_as_the_reference_tests_query_them(api: Api) -> None:
+    ingots = (await api.data(INGOTS, {"filter": {"sepulkaId": DEVBOT}}, as_=DEMO))["ingots"]
+    assert len(ingots) == 1
+    ingot = ingots[0]
+    assert (ingot["id"], ingot["sepulkaId"], ingot["version"]) == (DEVBOT_INGOT, DEVBOT, "1.0.0")
+    assert ingot["buildHash"] == "build_dev001_abc123"
+    assert ingot["status"] == "READY"
+    assert ingot["buildLogs"] == ["Build started", "Compiling firmware", "Build complete"]
+    assert ingot["artifacts"][0] == {
+        "type": "firmware",
+        "path": "/artifacts/dev001/firmware.bin",
+        "size": 2048576,
+        "checksum": "sha256:abc123",
+    }
+
+
+async def test_ingots_filter_by_status_and_page(api: Api) -> None:
+    tempered = (await api.data(INGOTS, {"filter": {"status": "TEMPERED"}}))["ingots"]
+    assert [(i["id"], i["tempered"]) for i in tempered] == [(WAREHOUSE_INGOT, True)]
+    every = [i["id"] for i in (await api.data(INGOTS))["ingots"]]
+    assert sorted(every) == [DEVBOT_INGOT, WAREHOUSE_INGOT]
+    assert [i["id"] for i in (await api.data(INGOTS, {"limit": 1, "offset": 1}))["ingots"]] == every[1:]
+    assert await api.error_codes(INGOTS, {"filter": {"sepulkaId": "abc"}}) == ["BAD_USER_INPUT"]
+
+
+async def test_ingot_by_id_unknown_and_malformed(api: Api) -> None:
+    ingot = (await api.data(INGOT, {"id": WAREHOUSE_INGOT}))["ingot"]
+    assert (ingot["version"], ingot["status"], ingot["temperResults"]) == ("1.0.0", "TEMPERED", None)
+    assert (await api.data(INGOT, {"id": UNKNOWN}))["ingot"] is None
+    assert await api.error_codes(INGOT, {"id": "60000000"}) == ["BAD_USER_INPUT"]
+
+
+async def test_casting_a_ready_sepulka_queues_the_next_version(api: Api) -> None:
+    payload = (await api.data(CAST, {"id": WAREHOUSE}, as_=DEMO))["castIngot"]
+    assert payload["errors"] is None
+    ingot = payload["ingot"]
+    # The sepulka already has ingot 1.0.0, so this build is 1.0.1.
+    assert ingot["version"] == "1.0.1"
+    assert ingot["sepulkaId"] == WAREHOUSE
+    assert ingot["status"] == "BUILDING"
+    assert ingot["artifacts"] == []
+    assert ingot["buildLogs"] == ["Build queued"]
+    assert ingot["tempered"] is False
+    assert re.fullmatch(r"build_\d{13}_[0-9a-z]{9}", ingot["buildHash"])
+
+    db = api.services.db
+    assert await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", WAREHOUSE) == "CASTING"
+    row = await db.fetchrow("SELECT * FROM ingots WHERE id = $1", ingot["id"])
+    assert (row["version"], row["status"], row["created_by"]) == ("1.0.1", "BUILDING", DEMO_ID)
+    audit = await db.fetchrow("SELECT * FROM audit_logs WHERE action = 'castIngot'")
+    assert (audit["smith_id"], audit["resource_id"]) == (DEMO_ID, ingot["id"])
+    assert audit["changes"]["version"] == "1.0.1"
+    # A casting sepulka cannot be cast again until its build settles.
+    again = (await api.data(CAST, {"id": WAREHOUSE}))["castIngot"]
+    assert again["errors"][0]["message"] == "Sepulka must be in CAST_READY status, currently: CASTING"
+
+
+async def test_casting_a_forging_sepulka_is_refused(api: Api) -> None:
+    payload = (await api.data(CAST, {"id": ASSEMBLY}))["castIngot"]
+    assert payload["ingot"] is None
+    assert payload["errors"] == [
+        {
+            "code": "CONFLICT",
+            "message": "Sepulka must be in CAST_READY status, currently: FORGING",
+            "field": "sepulkaId",
+        }
+    ]
+    db = api.services.db
+    assert await db.fetchval("SELECT count(*) FROM ingots WHERE sepulka_id = $1", ASSEMBLY) == 0
+    assert await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", ASSEMBLY) == "FORGING"
+
+
+async def test_casting_a_sepulka_without_alloys_is_refused_as_incomplete(api: Api) -> None:
+    db = api.services.db
+    await db.execute("UPDATE sepulkas SET status = 'CAST_READY' WHERE id = $1", ASSEMBLY)
+    await db.execute("DELETE FROM sepulka_alloys WHERE sepulka_id = $1", ASSEMBLY)
+    payload = (await api.data(CAST, {"id": ASSEMBLY}))["castIngot"]
+    assert payload["errors"][0]["message"] == "Sepulka is incomplete"
+    assert await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", ASSEMBLY) == "CAST_READY"
+
+
+async def test_casting_unknown_malformed_or_without_permission(api: Api) -> None:
+    missing = (await api.data(CAST, {"id": UNKNOWN}))["castIngot"]
+    assert missing["errors"][0]["code"] == "NOT_FOUND"
+    assert await api.error_codes(CAST, {"id": "sepulka-2"}) == ["BAD_USER_INPUT"]
+    smith = await api.create_smith("caster@sepulki.com", "SMITH")
+    assert await api.error_codes(CAST, {"id": WAREHOUSE}, as_=smith) == ["FORBIDDEN"]
+    assert await api.services.db.fetchval("SELECT count(*) FROM ingots") == 2
+
+
+async def test_temper_and_quench_answer_not_implemented_after_checking_ids(api: Api) -> None:
+    body = await api.execute(TEMPER, {"id": DEVBOT_INGOT})
+    assert codes(body) == ["NOT_IMPLEMENTED"]
+    assert body["errors"][0]["message"] == "temperIngot is not implemented yet"
+    assert codes(await api.execute(TEMPER, {"id": UNKNOWN})) == ["NOT_FOUND"]
+    assert codes(await api.execute(TEMPER, {"id": "x"})) == ["BAD_USER_INPUT"]
+
+    quench = await api.execute(QUENCH, {"ingot": DEVBOT_INGOT, "fleet": DEV_FLEET})
+    assert codes(quench) == ["NOT_IMPLEMENTED"]
+    assert codes(await api.execute(QUENCH, {"ingot": DEVBOT_INGOT, "fleet": UNKNOWN})) == ["NOT_FOUND"]
+    assert codes(await api.execute(QUENCH, {"ingot": "x", "fleet": DEV_FLEET})) == ["BAD_USER_INPUT"]
+    over = {"ingot": DEVBOT_INGOT, "fleet": DEV_FLEET, "pct": 150}
+    assert codes(await api.execute(QUENCH, over)) == ["BAD_USER_INPUT"]
+    smith = await api.create_smith("temper@sepulki.com", "OVER_SMITH")
+    assert await api.error_codes(TEMPER, {"id": DEVBOT_INGOT}, as_=smith) == ["FORBIDDEN"]
+
+
+async def _move_dev_fleet_to_new_build(api: Api) -> str:
+    db = api.services.db
+    newer = await db.fetchval(
+        "INSERT INTO ingots (sepulka_id, version, build_hash, status) "
+        "VALUES ($1, '1.0.1', 'build_newer', 'READY') RETURNING id",
+        DEVBOT,
+    )
+    await db.execute("UPDATE robots SET current_ingot_id = $1 WHERE fleet_id = $2", newer, DEV_FLEET)
+    return newer
+
+
+async def test_recall_rolls_every_robot_back_and_records_the_deployment(api: Api) -> None:
+    await _move_dev_fleet_to_new_build(api)
+    async with api.services.events.subscribe(channels.robot_status(ALPHA)) as updates:
+        payload = (await api.data(RECALL, {"fleet": DEV_FLEET, "version": "1.0.0"}, as_=TEST))["recallFleet"]
+        event = await asyncio.wait_for(anext(updates), timeout=5)
+    assert payload["errors"] is None
+    deployment = payload["deployment"]
+    assert deployment["ingotId"] == DEVBOT_INGOT
+    assert deployment["fleetId"] == DEV_FLEET
+    assert (deployment["status"], deployment["rolloutPercent"]) == ("COMPLETED", 100)
+    assert (event["id"], event["current_ingot_id"]) == (ALPHA, DEVBOT_INGOT)
+
+    db = api.services.db
+    current = await db.fetch("SELECT current_ingot_id FROM robots WHERE fleet_id = $1", DEV_FLEET)
+    assert {r["current_ingot_id"] for r in current} == {DEVBOT_INGOT}
+    row = await db.fetchrow("SELECT * FROM deployments WHERE id = $1", deployment["id"])
+    assert (row["kind"], row["status"], row["created_by"]) == ("RECALL", "COMPLETED", TEST_ID)
+    assert sorted(row["details"]["movedRobotIds"]) == [ALPHA, BETA]
+    assert row["details"]["failedRobotIds"] == []
+    audit = await db.fetchrow("SELECT * FROM audit_logs WHERE action = 'recallFleet'")
+    assert (audit["resource_id"], audit["changes"]["deploymentId"]) == (DEV_FLEET, deployment["id"])
+
+
+async def test_recall_is_partial_when_a_robot_has_no_such_version(api: Api) -> None:
+    newer = await _move_dev_fleet_to_new_build(api)
+    db = api.services.db
+    # A robot of a design that was never built as 1.0.0.
+    odd = await db.fetchval(
+        "INSERT INTO robots (name, sepulka_id, fleet_id, current_ingot_id) "
+        "VALUES ('Odd-One', $1, $2, $3) RETURNING id",
+        ASSEMBLY,
+        DEV_FLEET,
+        newer,
+    )
+    payload = (await api.data(RECALL, {"fleet": DEV_FLEET, "version": "1.0.0"}))["recallFleet"]
+    assert payload["deployment"]["status"] == "PARTIAL"
+    assert len(payload["errors"]) == 1
+    error = payload["errors"][0]
+    assert (error["code"], error["field"]) == ("NOT_FOUND", "robotId")
+    assert "Odd-One" in error["message"] and odd in error["message"]
+    assert await db.fetchval("SELECT current_ingot_id FROM robots WHERE id = $1", odd) == newer
+    assert await db.fetchval("SELECT current_ingot_id FROM robots WHERE id = $1", BETA) == DEVBOT_INGOT
+    details = await db.fetchval("SELECT details FROM deployments WHERE id = $1", payload["deployment"]["id"])
+    assert details["failedRobotIds"] == [odd]
+
+
+async def test_recall_to_a_version_nobody_has_fails_and_moves_nothing(api: Api) -> None:
+    payload = (await api.data(RECALL, {"fleet": DEV_FLEET, "version": "9.9.9"}))["recallFleet"]
+    assert payload["deployment"]["status"] == "FAILED"
+    assert {e["field"] for e in payload["errors"]} == {"robotId"}
+    assert len(payload["errors"]) == 2
+    db = api.services.db
+    row = await db.fetchrow("SELECT * FROM deployments WHERE id = $1", payload["deployment"]["id"])
+    assert (row["status"], row["created_by"]) == ("FAILED", ADMIN_ID)
+    current = await db.fetch("SELECT current_ingot_id FROM robots WHERE fleet_id = $1", DEV_FLEET)
+    assert {r["current_ingot_id"] for r in current} == {DEVBOT_INGOT}
+
+
+async def test_recall_needs_an_existing_fleet_with_robots(api: Api) -> None:
+    empty = (await api.data(RECALL, {"fleet": ASSEMBLY_FLEET, "version": "1.0.0"}))["recallFleet"]
+    assert empty["deployment"] is None
+    assert empty["errors"][0]["field"] == "fleetId"
+    missing = (await api.data(RECALL, {"fleet": UNKNOWN, "version": "1.0.0"}))["recallFleet"]
+    assert missing["errors"][0]["code"] == "NOT_FOUND"
+    assert await api.services.db.fetchval("SELECT count(*) FROM deployments") == 0
+    assert await api.error_codes(RECALL, {"fleet": "fleet-1", "version": "1.0.0"}) == ["BAD_USER_INPUT"]
+    assert await api.error_codes(RECALL, {"fleet": DEV_FLEET, "version": " "}) == ["BAD_USER_INPUT"]
+    smith = await api.create_smith("recaller@sepulki.com", "OVER_SMITH")
+    assert await api.error_codes(RECALL, {"fleet": DEV_FLEET, "version": "1.0.0"}, as_=smith) == ["FORBIDDEN"]
