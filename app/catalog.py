@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.db import Pool, group_rows
+from app.db import Pool, fetch_by_ids, group_rows
 from app.validation import page, parse_id
 
 LIST_PATTERNS = """
@@ -59,13 +59,11 @@ async def list_alloys(
 
 
 async def patterns_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = {r["id"]: dict(r) for r in await pool.fetch(PATTERNS_BY_ID, ids)}
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, PATTERNS_BY_ID, ids)
 
 
 async def alloys_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = {r["id"]: dict(r) for r in await pool.fetch(ALLOYS_BY_ID, ids)}
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, ALLOYS_BY_ID, ids)
 
 
 async def alloys_by_sepulka_id(pool: Pool, ids: list[str]) -> list[list[dict[str, Any]]]:

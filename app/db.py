@@ -72,3 +72,9 @@ def group_rows(
 
 def by_key(rows: Iterable[Record], key: str = "id") -> dict[Any, dict[str, Any]]:
     return {row[key]: dict(row) for row in rows}
+
+
+async def fetch_by_ids(pool: Pool, sql: str, ids: list[Any]) -> list[dict[str, Any] | None]:
+    """One `= ANY($1)` query for a loader batch; rows in key order, None where absent."""
+    rows = by_key(await pool.fetch(sql, ids))
+    return [rows.get(i) for i in ids]

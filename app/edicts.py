@@ -6,7 +6,7 @@ from typing import Any
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, by_key
+from app.db import Pool, fetch_by_ids
 from app.errors import Forbidden, Invalid, NotFound
 from app.validation import parse_id, required_text
 
@@ -42,8 +42,7 @@ RETURNING id
 
 
 async def edicts_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(EDICTS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, EDICTS_BY_ID, ids)
 
 
 async def list_edicts(

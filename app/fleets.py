@@ -7,7 +7,7 @@ from typing import Any
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, by_key
+from app.db import Pool, fetch_by_ids
 from app.edicts import edicts_by_id
 from app.errors import NotFound
 from app.pubsub import channels
@@ -74,13 +74,11 @@ async def list_loci(pool: Pool, limit: int, offset: int) -> list[dict[str, Any]]
 
 
 async def fleets_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(FLEETS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, FLEETS_BY_ID, ids)
 
 
 async def loci_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(LOCI_BY_ID, ids))
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, LOCI_BY_ID, ids)
 
 
 async def constraints(ctx: Context, edict_ids: list[str] | None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, by_key
+from app.db import Pool, fetch_by_ids
 from app.errors import DomainError, Invalid, NotFound
 from app.robots import publish
 from app.validation import finite, parse_id, required_text
@@ -73,8 +73,7 @@ async def list_floors(pool: Pool, limit: int, offset: int) -> list[dict[str, Any
 
 
 async def floors_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(FLOORS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, FLOORS_BY_ID, ids)
 
 
 async def payload(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from http import HTTPStatus
@@ -132,6 +133,13 @@ def depth_limit_rule(max_depth: int) -> type[ASTValidationRule]:
     return DepthLimit
 
 
+# Ariadne logs every GraphQL error, user errors included; `error_formatter` already logs the
+# unexpected ones with their traceback, so Ariadne's copy is muted.
+_SILENT_ARIADNE_LOGGER = logging.getLogger("sepulki.graphql.ariadne")
+_SILENT_ARIADNE_LOGGER.addHandler(logging.NullHandler())
+_SILENT_ARIADNE_LOGGER.propagate = False
+
+
 # Lists multiply the cost of what they select by their `limit` argument.
 LIST_COST = {"complexity": 1, "multipliers": ["limit"]}
 
@@ -201,6 +209,7 @@ def create_graphql_app(
         introspection=not settings.production,
         explorer=Explorer() if not settings.production else ExplorerHttp405(),
         error_formatter=error_formatter,
+        logger=_SILENT_ARIADNE_LOGGER,
         http_handler=HTTPHandler(),
         websocket_handler=websocket_handler,
         execute_get_queries=True,

@@ -15,7 +15,7 @@ import asyncpg
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, group_rows
+from app.db import Pool, fetch_by_ids, group_rows
 from app.errors import Conflict, DomainError, Invalid, NotFound, NotImplementedYet
 from app.pubsub import channels
 from app.validation import finite, page, parse_id, required_text
@@ -97,8 +97,7 @@ async def get_ingot(pool: Pool, ingot_id: str) -> dict[str, Any] | None:
 
 
 async def ingots_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = {r["id"]: dict(r) for r in await pool.fetch(INGOTS_BY_ID, ids)}
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, INGOTS_BY_ID, ids)
 
 
 async def ingots_by_sepulka_id(pool: Pool, ids: list[str]) -> list[list[dict[str, Any]]]:

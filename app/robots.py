@@ -8,7 +8,7 @@ from typing import Any
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, by_key, group_rows
+from app.db import Pool, fetch_by_ids, group_rows
 from app.errors import Invalid, NotFound
 from app.fleets import check_coordinates
 from app.pubsub import channels
@@ -34,7 +34,6 @@ SELECT * FROM robots WHERE fleet_id = ANY($1::uuid[]) AND deleted_at IS NULL ORD
 ROBOTS_BY_FLOOR = """
 SELECT * FROM robots WHERE factory_floor_id = ANY($1::uuid[]) AND deleted_at IS NULL ORDER BY name, id
 """
-INGOTS_BY_ID = "SELECT * FROM ingots WHERE id = ANY($1::uuid[])"
 PATTERN_CATEGORY_BY_SEPULKA = """
 SELECT s.id, p.category::text AS category
 FROM sepulkas s LEFT JOIN patterns p ON p.id = s.pattern_id
@@ -59,8 +58,7 @@ async def list_robots(
 
 
 async def robots_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(ROBOTS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, ROBOTS_BY_ID, ids)
 
 
 async def robots_by_fleet_id(pool: Pool, ids: list[str]) -> list[list[dict[str, Any]]]:
@@ -71,11 +69,6 @@ async def robots_by_fleet_id(pool: Pool, ids: list[str]) -> list[list[dict[str, 
 async def robots_by_floor_id(pool: Pool, ids: list[str]) -> list[list[dict[str, Any]]]:
     grouped = group_rows(await pool.fetch(ROBOTS_BY_FLOOR, ids), "factory_floor_id")
     return [grouped.get(i, []) for i in ids]
-
-
-async def ingots_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(INGOTS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
 
 
 async def pattern_category_by_sepulka_id(pool: Pool, ids: list[str]) -> list[str | None]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from app import audit
 from app.context import Context
-from app.db import Pool, by_key, group_rows
+from app.db import Pool, fetch_by_ids, group_rows
 from app.errors import Conflict, DomainError, Invalid, NotFound
 from app.pubsub import channels
 from app.validation import parse_id, required_text
@@ -87,8 +87,7 @@ CLEAR_ACTIVE_TASK = "UPDATE fleets SET active_task_id = NULL WHERE active_task_i
 
 
 async def tasks_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
-    rows = by_key(await pool.fetch(TASKS_BY_ID, ids))
-    return [rows.get(i) for i in ids]
+    return await fetch_by_ids(pool, TASKS_BY_ID, ids)
 
 
 async def runs_by_task_id(pool: Pool, ids: list[str]) -> list[list[dict[str, Any]]]:

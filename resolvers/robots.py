@@ -7,7 +7,7 @@ from typing import Any
 from ariadne import MutationType, ObjectType, QueryType
 from graphql import GraphQLResolveInfo
 
-from app import fleets, floors, robots
+from app import fleets, floors, ingots, robots
 from app.validation import page, parse_id
 
 query = QueryType()
@@ -60,7 +60,7 @@ async def resolve_update_robot_mobility(
 
 @robot_type.field("currentIngot")
 async def resolve_current_ingot(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
-    return await info.context.loaders.load(robots.ingots_by_id, robot["current_ingot_id"])
+    return await info.context.loaders.load(ingots.ingots_by_id, robot["current_ingot_id"])
 
 
 @robot_type.field("factoryFloor")
