@@ -131,3 +131,28 @@ async def test_production_hides_introspection_and_the_explorer(settings: Setting
         assert page.status_code == 405
         response = await api.post("{ __schema { types { name } } }")
         assert response.status_code == 400
+
+
+FORGE = """
+mutation($parameters: JSON) {
+  forgeSepulka(input: {name: "Scalar probe", alloyIds: ["20000000-0000-4000-8000-000000000001"],
+                       parameters: $parameters}) {
+    sepulka { id parameters }
+    errors { code field }
+  }
+}
+"""
+
+
+async def test_json_scalars_accept_objects_and_reject_malformed_json_text(api: Api) -> None:
+    as_object = await api.data(FORGE, {"parameters": {"reach": 1.5}})
+    assert as_object["forgeSepulka"]["sepulka"]["parameters"] == {"reach": 1.5}
+    as_text = await api.data(FORGE, {"parameters": '{"reach": 2.5}'})
+    assert as_text["forgeSepulka"]["sepulka"]["parameters"] == {"reach": 2.5}
+    broken = await api.post(
+        FORGE, {"parameters": '{"reach": '}, token=await api.token("admin@sepulki.com", "admin123")
+    )
+    assert broken.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert broken.json()["data"] is None
+    count = await api.services.db.fetchval("SELECT count(*) FROM sepulkas WHERE name = 'Scalar probe'")
+    assert count == 2
