@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 
 def _serve(settings: Settings) -> None:
@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
         p.set_defaults(func=fn)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except SettingsError as exc:
+        sys.exit(f"sepulki: {exc}")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def create_app(
                 embedded = EmbeddedPostgres(settings.data_dir)
                 dsn = await embedded.start()
                 stack.push_async_callback(embedded.stop)
-            await db.migrate(dsn)
+            if settings.migrate_on_start:
+                await db.migrate(dsn)
             passwords = Passwords(settings)
             if settings.seed_on_start:
                 await seed.load(dsn, passwords)

@@ -14,6 +14,10 @@ DEV_CORS_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
 ROOT = Path(os.environ.get("SEPULKI_HOME") or Path(__file__).resolve().parent.parent)
 
 
+class SettingsError(RuntimeError):
+    """The environment describes a configuration the service refuses to run with."""
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -44,6 +48,8 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     seed_on_start: bool = True
+    # Production runs `sepulki migrate` once per release instead: replicas must not race.
+    migrate_on_start: bool = True
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -76,14 +82,15 @@ class Settings:
             argon2_time_cost=int(get("ARGON2_TIME_COST", "3")),
             argon2_memory_kib=int(get("ARGON2_MEMORY_KIB", "65536")),
             seed_on_start=_bool(get("SEED_ON_START", "true" if mode != "production" else "false")),
+            migrate_on_start=_bool(get("MIGRATE_ON_START", "true" if mode != "production" else "false")),
         )
         settings.check()
         return settings
 
     def check(self) -> None:
         if self.production and self.jwt_secret == DEV_JWT_SECRET:
-            raise RuntimeError(
+            raise SettingsError(
                 "SEPULKI_JWT_SECRET must be set in production; the development secret is refused"
             )
         if len(self.jwt_secret) < 32:
-            raise RuntimeError("SEPULKI_JWT_SECRET must be at least 32 characters")
+            raise SettingsError("SEPULKI_JWT_SECRET must be at least 32 characters")

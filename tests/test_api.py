@@ -156,3 +156,14 @@ async def test_json_scalars_accept_objects_and_reject_malformed_json_text(api: A
     assert broken.json()["data"] is None
     count = await api.services.db.fetchval("SELECT count(*) FROM sepulkas WHERE name = 'Scalar probe'")
     assert count == 2
+
+
+def test_serve_refuses_to_start_in_production_with_the_development_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.cli import main
+
+    monkeypatch.setenv("SEPULKI_ENV", "production")
+    monkeypatch.delenv("SEPULKI_JWT_SECRET", raising=False)
+    with pytest.raises(SystemExit, match="development secret is refused"):
+        main(["serve"])
