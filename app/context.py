@@ -34,6 +34,8 @@ class Services:
     passwords: Passwords
     tokens: Tokens
     uploads_dir: Path
+    # What background components publish for others, e.g. "pipeline" (the ingest pipeline).
+    components: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from app import db, seed
+from app import db, runtime, seed
 from app.context import Context, Services, bearer_token, token_from_init_payload
 from app.embedded import EmbeddedPostgres
 from app.graphql_app import build_schema, create_graphql_app
@@ -107,6 +107,8 @@ def create_app(
                 tokens=Tokens(settings),
                 uploads_dir=uploads_dir,
             )
+            for component in runtime.COMPONENTS:
+                await stack.enter_async_context(component(holder.services))
             log.info("Sepulki Hammer ready: http://%s:%s/graphql", settings.host, settings.port)
             try:
                 yield

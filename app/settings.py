@@ -42,6 +42,22 @@ class Settings:
     debug: bool = False
     db_pool_min: int = 2
     db_pool_max: int = 10
+    # MQTT broker of the robots. None: `sepulki dev` embeds an amqtt broker; `serve` runs no ingest.
+    mqtt_url: str | None = None
+    # 5 for Mosquitto/EMQX (shared subscriptions, ack after commit); 4 = MQTT 3.1.1 (amqtt).
+    mqtt_protocol: int = 5
+    mqtt_client_id: str = "sepulki-ingest"
+    # Run the MQTT ingest inside the API process (dev and single-process deployments).
+    ingest_in_api: bool = True
+    ingest_batch_size: int = 1000
+    ingest_batch_ms: int = 25
+    ingest_max_payload_bytes: int = 65536
+    command_ttl_s: int = 300
+    command_ack_timeout_s: int = 30
+    # Per-websocket queue bound; a subscriber that falls this far behind is closed (it resumes with `after`).
+    ws_queue_size: int = 1000
+    # Simulated robots started by `sepulki dev` (0: none).
+    simulate_robots: int = 4
     max_query_cost: int = 5000
     max_query_depth: int = 12
     # argon2id cost; tests lower it, production keeps the library defaults.
@@ -77,6 +93,17 @@ class Settings:
             debug=_bool(get("DEBUG", "false")),
             db_pool_min=int(get("DB_POOL_MIN", "2")),
             db_pool_max=int(get("DB_POOL_MAX", "10")),
+            mqtt_url=env.get("SEPULKI_MQTT_URL") or None,
+            mqtt_protocol=int(get("MQTT_PROTOCOL", "5")),
+            mqtt_client_id=get("MQTT_CLIENT_ID", "sepulki-ingest"),
+            ingest_in_api=_bool(get("INGEST_IN_API", "true")),
+            ingest_batch_size=int(get("INGEST_BATCH_SIZE", "1000")),
+            ingest_batch_ms=int(get("INGEST_BATCH_MS", "25")),
+            ingest_max_payload_bytes=int(get("INGEST_MAX_PAYLOAD_BYTES", "65536")),
+            command_ttl_s=int(get("COMMAND_TTL_S", "300")),
+            command_ack_timeout_s=int(get("COMMAND_ACK_TIMEOUT_S", "30")),
+            ws_queue_size=int(get("WS_QUEUE_SIZE", "1000")),
+            simulate_robots=int(get("SIMULATE_ROBOTS", "4")),
             max_query_cost=int(get("MAX_QUERY_COST", "5000")),
             max_query_depth=int(get("MAX_QUERY_DEPTH", "12")),
             argon2_time_cost=int(get("ARGON2_TIME_COST", "3")),

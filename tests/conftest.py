@@ -14,7 +14,7 @@ import pytest
 from app import db, seed
 from app.security import Passwords
 from app.settings import Settings
-from tests.servers import PostgresServer
+from tests.servers import MosquittoServer, PostgresServer, RedisServer
 from tests.support import Api
 
 TEMPLATE = "sepulki_template"
@@ -32,6 +32,28 @@ def postgres_url() -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis, started on first use; tests may stop and start it (same port)."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoServer]:
+    """A real Mosquitto broker speaking MQTT 5, started on first use."""
+    server = MosquittoServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="session")
