@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from app.settings import Settings, SettingsError
 
@@ -23,18 +24,34 @@ def _serve(settings: Settings) -> None:
         log_level="info",
         ws="websockets-sansio",
         proxy_headers=True,
+        # Open SSE streams and websockets would otherwise hold shutdown; clients resume with
+        # Last-Event-ID / `after` and lose nothing.
+        timeout_graceful_shutdown=5,
     )
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
     """Everything in one process with embedded defaults: nothing to install or configure."""
     settings = Settings.from_env()
+    if settings.mqtt_url is None:
+        # The embedded amqtt broker speaks MQTT 3.1.1 only (no $share): the ingest uses plain topics.
+        port = int(os.environ.get("SEPULKI_MQTT_PORT", "1883"))
+        settings = replace(
+            settings, mqtt_url=f"mqtt://127.0.0.1:{port}", mqtt_protocol=4, embedded_broker=True
+        )
     print(
         f"Sepulki Hammer (development): GraphiQL at http://{settings.host}:{settings.port}/graphql\n"
         "  sign in with the login mutation as admin@sepulki.com / admin123 (development seed)",
         flush=True,
     )
     _serve(settings)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    """Simulated robots publishing telemetry, status and events over MQTT, acknowledging commands."""
+    from app.simulator import command
+
+    command.run(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -89,6 +106,31 @@ def cmd_seed(args: argparse.Namespace) -> None:
     print("development seed loaded")
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    """Command dispatch and timeouts, without the API (any number may run)."""
+    from app import commands
+
+    settings = Settings.from_env()
+    if settings.database_url is None:
+        sys.exit("SEPULKI_DATABASE_URL is required for `sepulki worker`")
+    asyncio.run(commands.run_worker(settings))
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    """MQTT ingest worker: robot telemetry, status, events and acks into PostgreSQL."""
+    from app.ingest.service import run_worker
+
+    settings = Settings.from_env()
+    if settings.database_url is None or settings.mqtt_url is None:
+        sys.exit("SEPULKI_DATABASE_URL and SEPULKI_MQTT_URL are required for `sepulki ingest`")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        asyncio.run(run_worker(settings))
+    else:
+        uvloop.run(run_worker(settings))
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=os.environ.get("SEPULKI_LOG_LEVEL", "INFO"),
@@ -101,9 +143,16 @@ def main(argv: list[str] | None = None) -> None:
         ("serve", cmd_serve),
         ("migrate", cmd_migrate),
         ("seed", cmd_seed),
+        ("worker", cmd_worker),
+        ("ingest", cmd_ingest),
     ):
         p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
         p.set_defaults(func=fn)
+    from app.simulator.command import add_arguments as simulate_arguments
+
+    simulate = sub.add_parser("simulate", help=(cmd_simulate.__doc__ or "").strip())
+    simulate_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
     args = parser.parse_args(argv)
     try:
         args.func(args)

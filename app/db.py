@@ -31,6 +31,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def connect(dsn: str) -> asyncpg.Connection:
+    """A dedicated connection (LISTEN, long-lived workers) with the pool's codecs."""
+    conn = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
 async def create_pool(
     dsn: str,
     *,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from app import audit
+from app import audit, commands
 from app.context import Context, Viewer
 from app.db import Pool, fetch_by_ids
 from app.edicts import edicts_by_id
 from app.errors import NotFound
-from app.pubsub import channels
+from app.pubsub import channels, record
 from app.validation import finite
 
 TELEMETRY_WINDOW = timedelta(hours=1)
@@ -119,18 +119,26 @@ async def emergency_stop(ctx: Context, viewer: Viewer, fleet_id: str) -> dict[st
         task_ids = [t["id"] for t in tasks]
         runs = await conn.fetch(CANCEL_RUNS, task_ids)
         fleet = dict(await conn.fetchrow(STOP_FLEET, fleet_id, task_ids))
+        # The robots hear it as a command too; its delivery state shows who got it.
+        stops = await commands.enqueue(
+            conn,
+            [r["id"] for r in robots],
+            "EMERGENCY_STOP",
+            {"fleetId": fleet_id},
+            issued_by=viewer.id,
+            ttl_s=ctx.services.settings.command_ttl_s,
+        )
         changes = {
             "robots": [r["id"] for r in robots],
             "tasks": task_ids,
             "runs": [r["id"] for r in runs],
         }
         await audit.record(conn, ctx, viewer.id, "emergencyStop", "Fleet", fleet_id, changes)
-    for robot in robots:
-        await ctx.events.publish_many([channels.robot_status(robot["id"]), channels.ROBOT_STATUS_ALL], robot)
-    for task in tasks:
+        events = [await record(conn, channels.robot(r["id"]), r) for r in robots]
         # A task cancelled through one of its robots may have been dispatched to another fleet.
-        fleet_ids = dict.fromkeys([fleet_id, task["fleet_id"] or fleet_id])
-        await ctx.events.publish_many([*map(channels.tasks, fleet_ids), channels.TASKS_ALL], task)
+        events += [await record(conn, channels.task(fleet_id, t["fleet_id"]), t) for t in tasks]
+    await commands.publish(ctx.events, stops)
+    await ctx.events.publish_recorded(events)
     return fleet
 
 

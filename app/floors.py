@@ -14,7 +14,7 @@ from app import audit
 from app.context import Context, Viewer
 from app.db import Pool, fetch_by_ids
 from app.errors import DomainError, Invalid, NotFound
-from app.robots import publish
+from app.robots import record_changes
 from app.validation import finite, parse_id, required_text
 
 MAX_BLUEPRINT_BYTES = 20 * 1024 * 1024
@@ -195,7 +195,8 @@ async def delete_floor(ctx: Context, viewer: Viewer, floor_id: str) -> bool:
         robots = [dict(r) for r in await conn.fetch(UNPLACE_ROBOTS, floor_id)]
         changes = {"unplaced_robots": [r["id"] for r in robots]}
         await audit.record(conn, ctx, viewer.id, "deleteFactoryFloor", "FactoryFloor", floor_id, changes)
-    await publish(ctx, robots)
+        events = await record_changes(conn, robots)
+    await ctx.events.publish_recorded(events)
     return True
 
 
@@ -245,7 +246,8 @@ async def _place(
         robot = dict(await conn.fetchrow(PLACE_ROBOT, robot_id, floor_id, x, y, theta, rotation))
         changes = {"floor_id": floor_id, "x": x, "y": y, "theta": theta, "rotation_degrees": rotation}
         await audit.record(conn, ctx, viewer.id, action, "Robot", robot_id, changes)
-    await publish(ctx, [robot])
+        events = await record_changes(conn, [robot])
+    await ctx.events.publish_recorded(events)
     return robot
 
 

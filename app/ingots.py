@@ -17,7 +17,7 @@ from app import audit
 from app.context import Context, Viewer
 from app.db import Pool, fetch_by_ids, group_rows
 from app.errors import Conflict, DomainError, Invalid, NotFound, NotImplementedYet
-from app.pubsub import channels
+from app.robots import record_changes
 from app.validation import finite, page, parse_id, required_text
 
 LIST_INGOTS = """
@@ -194,11 +194,9 @@ async def recall(ctx: Context, viewer: Viewer, fleet_id: str, to_version: str) -
             )
             changes = {"deploymentId": deployment["id"], "status": status, **details}
             await audit.record(conn, ctx, viewer.id, "recallFleet", "fleet", fleet_id, changes)
+            events = await record_changes(conn, [dict(r) for r in moved])
     except DomainError as exc:
         return {"deployment": None, "errors": [exc.as_payload_error()]}
-    for robot in moved:
-        await ctx.events.publish_many(
-            [channels.robot_status(robot["id"]), channels.ROBOT_STATUS_ALL], dict(robot)
-        )
+    await ctx.events.publish_recorded(events)
     errors = [_recall_error(r, version) for r in failed]
     return {"deployment": deployment, "errors": errors or None}

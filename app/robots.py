@@ -6,12 +6,14 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from app import audit
 from app.context import Context, Viewer
 from app.db import Pool, fetch_by_ids, group_rows
 from app.errors import Invalid, NotFound
 from app.fleets import check_coordinates
-from app.pubsub import channels
+from app.pubsub import Recorded, channels, record
 
 # The reference's flat-earth conversion: 111 km per degree of latitude.
 METRES_PER_DEGREE = 111_000.0
@@ -130,10 +132,10 @@ def local_position(coordinates: dict[str, Any], origin: dict[str, Any], z: float
     }
 
 
-async def publish(ctx: Context, robots: list[dict[str, Any]]) -> None:
-    """Robot change events; call after commit only."""
-    for robot in robots:
-        await ctx.events.publish_many([channels.robot_status(robot["id"]), channels.ROBOT_STATUS_ALL], robot)
+async def record_changes(conn: asyncpg.Connection, robots: list[dict[str, Any]]) -> list[Recorded]:
+    """Robot change events, written in the changing transaction; publish them after its commit
+    with `ctx.events.publish_recorded`."""
+    return [await record(conn, channels.robot(robot["id"]), robot) for robot in robots]
 
 
 async def _update(
@@ -146,7 +148,8 @@ async def _update(
         robot = dict(await conn.fetchrow(sql, robot_id, value))
         changes = {field: {"from": before[field], "to": robot[field]}}
         await audit.record(conn, ctx, viewer.id, action, "Robot", robot_id, changes)
-    await publish(ctx, [robot])
+        events = await record_changes(conn, [robot])
+    await ctx.events.publish_recorded(events)
     return robot
 
 
@@ -181,5 +184,6 @@ async def update_location(
         robot = dict(await conn.fetchrow(SET_POSE, robot_id, pose))
         changes = {"last_pose": {"from": row["last_pose"], "to": pose}, "coordinates": coordinates}
         await audit.record(conn, ctx, viewer.id, "updateRobotLocation", "Robot", robot_id, changes)
-    await publish(ctx, [robot])
+        events = await record_changes(conn, [robot])
+    await ctx.events.publish_recorded(events)
     return robot

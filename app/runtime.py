@@ -11,8 +11,19 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from app import broker, commands, simulator
 from app.context import Services
+from app.ingest.service import ingest_component
 
 Component = Callable[[Services], AbstractAsyncContextManager[Any]]
 
-COMPONENTS: list[Component] = []
+COMPONENTS: list[Component] = [
+    # First: the dev broker must listen before anything connects to it.
+    broker.embedded_broker,
+    commands.sweeper,
+    commands.dispatcher,
+    # The ingest pipeline (HTTP ingest uses it) and, with SEPULKI_MQTT_URL, the MQTT consumer.
+    ingest_component,
+    # Last: simulated robots publish once everything that consumes their messages runs.
+    simulator.simulated_robots,
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from app import db, runtime, seed
+from app import db, http_ingest, runtime, seed, sse
 from app.context import Context, Services, bearer_token, token_from_init_payload
 from app.embedded import EmbeddedPostgres
 from app.graphql_app import build_schema, create_graphql_app
+from app.ingest.metrics import metrics_endpoint
 from app.loaders import Loaders
 from app.pubsub import Events
 from app.realtime import AuthenticatingWSHandler
@@ -100,7 +102,8 @@ def create_app(
             await stack.enter_async_context(broadcast)
             uploads_dir.mkdir(parents=True, exist_ok=True)
             holder.services = Services(
-                settings=settings,
+                # Components that open their own connections need the embedded server's DSN too.
+                settings=replace(settings, database_url=dsn),
                 db=pool,
                 events=Events(broadcast),
                 passwords=passwords,
@@ -127,6 +130,9 @@ def create_app(
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
         Route("/health", health),
+        Route("/metrics", metrics_endpoint(lambda: holder.services)),
+        *http_ingest.routes(),
+        *sse.routes(),
         Mount("/uploads", StaticFiles(directory=Path(uploads_dir), check_dir=False), name="uploads"),
     ]
     middleware = [
@@ -135,7 +141,13 @@ def create_app(
             allow_origins=list(settings.cors_origins),
             allow_credentials=True,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["authorization", "content-type", "x-api-key", "apollo-require-preflight"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "apollo-require-preflight",
+                "last-event-id",
+            ],
             max_age=600,
         ),
         Middleware(GZipMiddleware, minimum_size=1024),

@@ -47,6 +47,8 @@ class Settings:
     # 5 for Mosquitto/EMQX (shared subscriptions, ack after commit); 4 = MQTT 3.1.1 (amqtt).
     mqtt_protocol: int = 5
     mqtt_client_id: str = "sepulki-ingest"
+    # Run the development MQTT broker (amqtt) on mqtt_url's port in this process; set by `sepulki dev`.
+    embedded_broker: bool = False
     # Run the MQTT ingest inside the API process (dev and single-process deployments).
     ingest_in_api: bool = True
     ingest_batch_size: int = 1000

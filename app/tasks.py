@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from app import audit
+from app import audit, commands
 from app.context import Context
 from app.db import Pool, fetch_by_ids, group_rows
 from app.errors import Conflict, DomainError, Invalid, NotFound
-from app.pubsub import channels
+from app.pubsub import channels, record
 from app.validation import parse_id, required_text
 
 OPEN_STATUSES = ("PENDING", "ASSIGNED", "IN_PROGRESS")
@@ -173,16 +173,26 @@ async def dispatch(ctx: Context, fleet_id: str, task_input: dict[str, Any]) -> d
             # The reference created no run; one PENDING run gives the task something to track.
             run = await conn.fetchrow(INSERT_RUN, task["id"], robot["id"])
             await conn.execute(SET_ACTIVE_TASK, fleet_id, task["id"])
+            order = {k: task[k] for k in ("name", "type", "parameters", "priority")}
+            sent = await commands.enqueue(
+                conn,
+                [robot["id"]],
+                "DISPATCH_TASK",
+                {"taskId": task["id"], **order},
+                issued_by=viewer.id,
+                task_id=task["id"],
+                ttl_s=ctx.services.settings.command_ttl_s,
+            )
             changes = {"fleetId": fleet_id, "robotId": robot["id"], "runId": run["id"], "name": name}
             await audit.record(conn, ctx, viewer.id, "dispatchTask", "task", task["id"], changes)
+            events = [await record(conn, channels.task(fleet_id), task)]
+            if started is not None:
+                # A robot that was already WORKING did not change, so there is nothing to announce.
+                events.append(await record(conn, channels.robot(started["id"]), dict(started)))
     except _NoRobots:
         return _payload_error(Conflict("No available robots in fleet"))
-    await ctx.events.publish_many([channels.tasks(fleet_id), channels.TASKS_ALL], task)
-    if started is not None:
-        # A robot that was already WORKING did not change, so there is nothing to announce.
-        await ctx.events.publish_many(
-            [channels.robot_status(started["id"]), channels.ROBOT_STATUS_ALL], dict(started)
-        )
+    await commands.publish(ctx.events, sent)
+    await ctx.events.publish_recorded(events)
     return {"task": task, "assignments": [assignment], "errors": None}
 
 
@@ -202,10 +212,7 @@ async def cancel(ctx: Context, task_id: str) -> dict[str, Any]:
         await conn.execute(CLEAR_ACTIVE_TASK, task_id)
         changes = {"from": current["status"], "releasedRobots": [r["id"] for r in released]}
         await audit.record(conn, ctx, viewer.id, "cancelTask", "task", task_id, changes)
-    if task["fleet_id"] is not None:
-        await ctx.events.publish_many([channels.tasks(task["fleet_id"]), channels.TASKS_ALL], task)
-    else:
-        await ctx.events.publish(channels.TASKS_ALL, task)
-    for robot in released:
-        await ctx.events.publish_many([channels.robot_status(robot["id"]), channels.ROBOT_STATUS_ALL], robot)
+        events = [await record(conn, channels.task(task["fleet_id"]), task)]
+        events += [await record(conn, channels.robot(r["id"]), r) for r in released]
+    await ctx.events.publish_recorded(events)
     return task

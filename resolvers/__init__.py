@@ -5,8 +5,10 @@ from __future__ import annotations
 from ariadne import SchemaBindable
 
 from resolvers import (
+    apikeys,
     bellows,
     catalog,
+    commands,
     edicts,
     fleets,
     floors,
@@ -34,4 +36,6 @@ bindables: list[SchemaBindable] = [
     *edicts.bindables,
     *bellows.bindables,
     *subscriptions.bindables,
+    *apikeys.bindables,
+    *commands.bindables,
 ]

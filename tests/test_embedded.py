@@ -34,6 +34,8 @@ def _post(port: int, query: str, token: str | None = None) -> dict:
 def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "SEPULKI_DATA_DIR": str(data_dir), "SEPULKI_PORT": str(port)}
     env.pop("SEPULKI_DATABASE_URL", None)
+    env.pop("SEPULKI_MQTT_URL", None)  # the embedded broker, on a free port rather than 1883
+    env["SEPULKI_MQTT_PORT"] = str(free_port())
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "dev"],
         cwd=ROOT,
@@ -77,6 +79,12 @@ def test_dev_server_starts_with_embedded_defaults_and_keeps_its_data(tmp_path: P
             port, f'mutation {{ updateRobotStatus(robotId: "{robot}", status: ERROR) {{ status }} }}', token
         )
         assert changed["data"]["updateRobotStatus"]["status"] == "ERROR"
+        # The simulated robots publish through the embedded broker and the ingest: lastSeen advances.
+        last_seen = f'{{ robot(id: "{robot[:-1]}1") {{ lastSeen }} }}'
+        first, deadline = _post(port, last_seen, token)["data"]["robot"]["lastSeen"], time.monotonic() + 10
+        while _post(port, last_seen, token)["data"]["robot"]["lastSeen"] == first:
+            assert time.monotonic() < deadline, "no fresh data from the simulated robots within 10 s"
+            time.sleep(0.2)
     finally:
         assert _stop(dev) == 0
     first_run = log.read_text()

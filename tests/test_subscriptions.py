@@ -7,6 +7,7 @@ the real ones; events are published the way mutations and ingest publish them (a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import pytest
 import uvicorn
 from websockets.exceptions import ConnectionClosed
 
-from app.pubsub import channels
+from app.pubsub import channels, record
 from app.realtime import live_subscriptions
 from app.server import create_app
 from app.settings import Settings
@@ -78,27 +79,32 @@ class Live:
             assert time.monotonic() < deadline, f"nobody subscribed to {channel}"
             await asyncio.sleep(0.01)
 
-    async def publish(self, channel_names: list[str], payload: dict[str, Any]) -> None:
-        await self.api.services.events.publish_many(channel_names, payload)
+    async def publish(self, channel_names: list[str], payload: dict[str, Any]) -> int:
+        """As writers do: the event in event_log in its transaction, published after the commit."""
+        async with self.api.services.db.acquire() as conn, conn.transaction():
+            recorded = await record(conn, channel_names, payload)
+        await self.api.services.events.publish_recorded([recorded])
+        return recorded.id
 
     async def row(self, table: str, ident: str) -> dict[str, Any]:
         query = {"robots": "SELECT * FROM robots WHERE id = $1", "tasks": "SELECT * FROM tasks WHERE id = $1"}
         return dict(await self.api.services.db.fetchrow(query[table], ident))
 
 
-@pytest.fixture
-async def live(settings: Settings) -> AsyncIterator[Live]:
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Live]:
+    """The app under uvicorn on a free loopback port, lifespan running, until the block ends."""
     port = free_port()
     app = create_app(settings)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, ws="websockets-sansio", lifespan="on", log_level="warning"
     )
     server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
+    serve = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 20
     while not server.started:
-        if serving.done():
-            serving.result()  # startup failed: raise its error here
+        if serve.done():
+            serve.result()  # startup failed: raise its error here
         assert time.monotonic() < deadline, "uvicorn did not start"
         await asyncio.sleep(0.02)
     try:
@@ -106,7 +112,14 @@ async def live(settings: Settings) -> AsyncIterator[Live]:
             yield Live(Api(app, client, []), f"ws://127.0.0.1:{port}/graphql")
     finally:
         server.should_exit = True
-        await serving
+        await serve
+
+
+@pytest.fixture
+async def live(settings: Settings) -> AsyncIterator[Live]:
+    """The app with the memory:// event bus of the default settings."""
+    async with serving(settings) as running:
+        yield running
 
 
 def breach(severity: str, message: str) -> dict[str, Any]:

@@ -1,0 +1,545 @@
+"""Commands to robots, as an outbox: the command is a row first, written in the transaction that
+decided it; the dispatcher then publishes it QoS 1 on `robots/{robotId}/commands`, the robot's
+acknowledgements (`robots/{robotId}/commands/ack`, applied by the ingest pipeline) move it on,
+and the sweeper expires or times out what is left.
+
+    QUEUED -> SENT -> RECEIVED -> SUCCEEDED | FAILED     (SENT -> SUCCEEDED | FAILED too)
+    QUEUED past expires_at -> EXPIRED
+    SENT or RECEIVED, no further ack within command_ack_timeout_s -> TIMED_OUT
+
+Every change is an event_log row written in its transaction, published after commit on
+`commands:{robotId}` and `commands:*`. Delivery is at least once: a dispatcher that dies after
+publishing but before committing SENT leaves the row QUEUED, and another sends it again, so a
+robot must treat a repeated commandId as the same command.
+
+Acks that change nothing are ignored and logged, never dead-lettered: a repeated ack is what
+at-least-once MQTT delivery produces, and a late ack for a TIMED_OUT command does not reopen it
+(the timeout already told the operator). An ack for an unknown command or for another robot's
+command is logged as a warning: it points at a misbehaving robot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+from broadcaster import Broadcast
+from gmqtt import Client as MQTTClient
+from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
+
+from app import audit, db
+from app.context import Context, Services, Viewer
+from app.db import Pool, fetch_by_ids
+from app.errors import Invalid, NotFound
+from app.pubsub import Events, channels, jsonable
+from app.security import Passwords, Tokens
+from app.settings import Settings
+
+log = logging.getLogger("sepulki.commands")
+
+TYPE_PATTERN = re.compile(r"[A-Z0-9_]{1,64}")
+MAX_TTL_S = 86400
+MAX_PARAMS_BYTES = 65536
+MAX_DETAIL_CHARS = 1000
+ACK_STATES = frozenset({"RECEIVED", "SUCCEEDED", "FAILED"})
+# LISTEN/NOTIFY channel: enqueue notifies it (delivered at commit), the dispatcher wakes up.
+NOTIFY_CHANNEL = "robot_commands"
+DISPATCH_BATCH = 100
+# The dispatcher also polls this often, for a notification lost while its connection was down.
+DISPATCH_POLL_S = 2.0
+# How long a publish may wait for the broker to free an in-flight slot before the batch stops.
+PUBLISH_WAIT_S = 5.0
+SWEEP_BATCH = 1000
+SWEEP_INTERVAL_S = 1.0
+# pg_try_advisory_lock key: one sweeper per database acts, whatever the number of replicas.
+SWEEPER_LOCK = 0x5E9C_0DE5
+
+INSERT_COMMANDS = """
+INSERT INTO robot_commands (robot_id, type, params, task_id, issued_by, expires_at)
+SELECT robot_id, $2, $3, $4, $5, now() + $6::int * interval '1 second'
+FROM unnest($1::uuid[]) AS u(robot_id)
+RETURNING *
+"""
+NOTIFY = "SELECT pg_notify('robot_commands', '')"
+LOG_EVENTS = """
+INSERT INTO event_log (channels, payload)
+SELECT ARRAY[u.channel, $2::text], u.payload
+FROM unnest($1::text[], $3::jsonb[]) WITH ORDINALITY AS u(channel, payload, n)
+ORDER BY u.n
+RETURNING id, payload->>'id' AS command_id, payload->>'state' AS state
+"""
+ROBOT_EXISTS = "SELECT id FROM robots WHERE id = $1 AND deleted_at IS NULL"
+COMMANDS_OF_ROBOT = """
+SELECT * FROM robot_commands WHERE robot_id = $1
+ORDER BY issued_at DESC, id
+LIMIT $2 OFFSET $3
+"""
+COMMANDS_BY_ID = "SELECT * FROM robot_commands WHERE id = ANY($1::uuid[])"
+# One statement per ack kind; RECEIVED acks are applied first, so RECEIVED then SUCCEEDED in one
+# ingest batch moves a command through both. The robot must match: a robot acks only its own.
+APPLY_ACKS = """
+UPDATE robot_commands c SET
+  state = a.state::command_state,
+  detail = COALESCE(a.detail, c.detail),
+  received_at = CASE WHEN a.state = 'RECEIVED' THEN a.at ELSE c.received_at END,
+  completed_at = CASE WHEN a.state = 'RECEIVED' THEN c.completed_at ELSE a.at END
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[])
+  AS a(id, robot_id, state, detail, at)
+WHERE c.id = a.id AND c.robot_id = a.robot_id
+  AND c.state = ANY($6::command_state[])
+RETURNING c.*
+"""
+COMMANDS_SEEN = "SELECT id, robot_id, state::text AS state FROM robot_commands WHERE id = ANY($1::uuid[])"
+# Emergency stops first; SKIP LOCKED lets several dispatchers split the queue without waiting.
+CLAIM = """
+SELECT * FROM robot_commands
+WHERE state = 'QUEUED' AND expires_at > now()
+ORDER BY (type = 'EMERGENCY_STOP') DESC, issued_at, id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+MARK_SENT = """
+UPDATE robot_commands SET state = 'SENT', sent_at = now()
+WHERE id = ANY($1::uuid[]) AND state = 'QUEUED'
+RETURNING *
+"""
+EXPIRE = """
+UPDATE robot_commands c SET state = 'EXPIRED', completed_at = now()
+FROM (SELECT id FROM robot_commands
+      WHERE state = 'QUEUED' AND expires_at <= now()
+      ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+WHERE c.id = due.id
+RETURNING c.*
+"""
+# The timeout bounds each step: sent -> received, received -> completed.
+TIME_OUT = """
+UPDATE robot_commands c SET state = 'TIMED_OUT', completed_at = now()
+FROM (SELECT id FROM robot_commands
+      WHERE state IN ('SENT', 'RECEIVED')
+        AND COALESCE(received_at, sent_at) <= now() - $1::int * interval '1 second'
+      LIMIT $2 FOR UPDATE SKIP LOCKED) due
+WHERE c.id = due.id
+RETURNING c.*
+"""
+TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
+
+
+async def _record(conn: asyncpg.Connection, rows: list[Any]) -> list[dict[str, Any]]:
+    """The changed rows as event payloads, logged in the caller's transaction; each carries its
+    `event_id` for `publish`."""
+    if not rows:
+        return []
+    changes = [jsonable(dict(row)) for row in rows]
+    logged = await conn.fetch(
+        LOG_EVENTS,
+        [channels.commands(c["robot_id"]) for c in changes],
+        channels.COMMANDS_ALL,
+        changes,
+    )
+    # One statement may move a command twice (RECEIVED, then SUCCEEDED), never to one state twice.
+    event_ids = {(r["command_id"], r["state"]): r["id"] for r in logged}
+    for change in changes:
+        change["event_id"] = event_ids[change["id"], change["state"]]
+    return changes
+
+
+async def publish(events: Events, changes: list[dict[str, Any]]) -> None:
+    """After commit: each change on its robot's channel and on the all-robots channel."""
+    for change in changes:
+        payload = {k: v for k, v in change.items() if k != "event_id"}
+        names = [channels.commands(change["robot_id"]), channels.COMMANDS_ALL]
+        await events.publish(names, change["event_id"], payload)
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    robot_ids: list[str],
+    type: str,
+    params: dict[str, Any],
+    *,
+    issued_by: str | None,
+    task_id: str | None = None,
+    ttl_s: int,
+) -> list[dict[str, Any]]:
+    """QUEUED commands, one per robot, in the caller's transaction; `publish` them after commit."""
+    if not robot_ids:
+        return []
+    rows = await conn.fetch(INSERT_COMMANDS, robot_ids, type, params, task_id, issued_by, ttl_s)
+    await conn.execute(NOTIFY)
+    return await _record(conn, rows)
+
+
+Ack = tuple[str, str, str, str | None, datetime]
+
+
+def _ack_row(ack: dict[str, Any]) -> Ack | None:
+    """The ack as statement arguments (command, robot, state, detail, time), None when it
+    cannot be applied at all: a malformed id would abort the caller's whole transaction."""
+    state, detail = ack.get("state"), ack.get("detail")
+    try:
+        command_id, robot_id = (str(uuid.UUID(str(ack.get(k)))) for k in ("command_id", "robot_id"))
+    except ValueError:
+        return None
+    if state not in ACK_STATES:
+        return None
+    at = ack.get("received_at")
+    at = at if isinstance(at, datetime) else datetime.now(UTC)
+    detail = str(detail)[:MAX_DETAIL_CHARS] if detail is not None else None
+    return command_id, robot_id, state, detail, at
+
+
+async def apply_acks(conn: asyncpg.Connection, acks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Applies robots' acks (`robot_id`, `command_id`, `state`, `detail`, `received_at`) in the
+    caller's transaction, in their order; returns the changed commands for `publish` after commit.
+    Acks that change nothing are logged and left out (see the module docstring)."""
+    received: dict[str, Ack] = {}
+    finished: dict[str, Ack] = {}
+    for ack in acks:
+        row = _ack_row(ack)
+        if row is None:
+            log.warning("ignored malformed command ack %r", ack)
+            continue
+        # The first ack of a kind wins; a repeat is a redelivery.
+        (received if row[2] == "RECEIVED" else finished).setdefault(row[0], row)
+    changed: list[Any] = []
+    for group, from_states in ((received, ["QUEUED", "SENT"]), (finished, ["SENT", "RECEIVED"])):
+        if group:
+            columns = list(zip(*group.values(), strict=True))
+            changed += await conn.fetch(APPLY_ACKS, *map(list, columns), from_states)
+    ignored = (set(received) | set(finished)) - {r["id"] for r in changed}
+    if ignored:
+        await _log_ignored(conn, ignored, {**finished, **received})
+    return await _record(conn, changed)
+
+
+async def _log_ignored(conn: asyncpg.Connection, ids: set[str], acks: dict[str, Ack]) -> None:
+    known = {r["id"]: r for r in await conn.fetch(COMMANDS_SEEN, list(ids))}
+    for command_id in sorted(ids):
+        robot_id, state = acks[command_id][1], acks[command_id][2]
+        row = known.get(command_id)
+        if row is None:
+            log.warning("robot %s acked unknown command %s", robot_id, command_id)
+        elif row["robot_id"] != robot_id:
+            log.warning("robot %s acked command %s of robot %s", robot_id, command_id, row["robot_id"])
+        else:
+            # A redelivered ack, or one arriving after the timeout: nothing to change.
+            log.debug("ignored %s ack of command %s, already %s", state, command_id, row["state"])
+
+
+# --- GraphQL -----------------------------------------------------------------------------------
+
+
+async def commands_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:
+    return await fetch_by_ids(pool, COMMANDS_BY_ID, ids)
+
+
+async def list_commands(pool: Pool, robot_id: str, limit: int, offset: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in await pool.fetch(COMMANDS_OF_ROBOT, robot_id, limit, offset)]
+
+
+def check_command(
+    type: str, params: Any, ttl_seconds: int | None, default_ttl_s: int
+) -> tuple[dict[str, Any], int]:
+    """The params object and the TTL in seconds, or BAD_USER_INPUT naming the argument."""
+    if not type:
+        raise Invalid("type is required", field="type")
+    if len(type) > 64:
+        raise Invalid("type must be at most 64 characters", field="type")
+    if not TYPE_PATTERN.fullmatch(type):
+        raise Invalid("type may hold only A-Z, 0-9 and _, e.g. MOVE_TO", field="type")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        raise Invalid("params must be a JSON object", field="params")
+    if len(json.dumps(params)) > MAX_PARAMS_BYTES:
+        raise Invalid(f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON", field="params")
+    ttl = default_ttl_s if ttl_seconds is None else ttl_seconds
+    if not 1 <= ttl <= MAX_TTL_S:
+        raise Invalid(f"ttlSeconds must be between 1 and {MAX_TTL_S}, got {ttl}", field="ttlSeconds")
+    return params, ttl
+
+
+async def send(
+    ctx: Context, viewer: Viewer, robot_id: str, type: str, params: Any, ttl_seconds: int | None
+) -> dict[str, Any]:
+    params, ttl = check_command(type, params, ttl_seconds, ctx.services.settings.command_ttl_s)
+    async with ctx.db.acquire() as conn, conn.transaction():
+        if await conn.fetchval(ROBOT_EXISTS, robot_id) is None:
+            raise NotFound.of("Robot", robot_id)
+        (command,) = await enqueue(conn, [robot_id], type, params, issued_by=viewer.id, ttl_s=ttl)
+        changes = {"robotId": robot_id, "type": type, "params": params, "ttlSeconds": ttl}
+        await audit.record(conn, ctx, viewer.id, "sendRobotCommand", "RobotCommand", command["id"], changes)
+    await publish(ctx.events, [command])
+    return command
+
+
+# --- Background: a connection of their own, the dispatcher, the sweeper ------------------------
+
+
+class _OwnConnection:
+    """A connection that stays the same across a loop's iterations (LISTEN and a session advisory
+    lock need that), reopened after a failure. Opened directly when the database URL is known, so
+    its periodic statements stay out of the request pool; from the pool in embedded mode."""
+
+    def __init__(self, services: Services, on_open: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
+        self._services = services
+        self._on_open = on_open
+        self._conn: asyncpg.Connection | None = None
+        self._pooled = False
+
+    async def get(self) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        await self.close()
+        dsn = self._services.settings.database_url
+        if dsn is None:
+            self._conn, self._pooled = await self._services.db.acquire(), True
+        else:
+            self._conn, self._pooled = await db.connect(dsn), False
+        await self._on_open(self._conn)
+        return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._pooled:
+            await self._services.db.release(conn)
+        elif not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def sweep(conn: asyncpg.Connection, ack_timeout_s: int) -> list[dict[str, Any]]:
+    """One pass: QUEUED past expiry -> EXPIRED, SENT/RECEIVED past the ack timeout -> TIMED_OUT.
+    Returns the changes (at most SWEEP_BATCH of each) for `publish`."""
+    async with conn.transaction():
+        expired = await conn.fetch(EXPIRE, SWEEP_BATCH)
+        timed_out = await conn.fetch(TIME_OUT, ack_timeout_s, SWEEP_BATCH)
+        return await _record(conn, [*expired, *timed_out])
+
+
+class Sweeper:
+    """Expires and times out commands every second, on the replica holding the advisory lock."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._leader = False
+        self._conn = _OwnConnection(services, self._opened)
+
+    @property
+    def leader(self) -> bool:
+        """Whether this sweeper holds the lock, so acts."""
+        return self._leader
+
+    async def _opened(self, _conn: asyncpg.Connection) -> None:
+        self._leader = False  # a session lock does not survive its connection
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except _DB_ERRORS as exc:
+                    log.warning("command sweeper: %s; reconnecting", exc)
+                    await self._conn.close()
+                await asyncio.sleep(SWEEP_INTERVAL_S)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Closes the connection, which releases the lock for another replica."""
+        await self._conn.close()
+        self._leader = False
+
+    async def tick(self) -> None:
+        conn = await self._conn.get()
+        if not self._leader:
+            self._leader = bool(await conn.fetchval(TRY_LOCK, SWEEPER_LOCK))
+        if not self._leader:
+            return
+        while True:
+            changes = await sweep(conn, self._services.settings.command_ack_timeout_s)
+            await publish(self._services.events, changes)
+            if len(changes) < SWEEP_BATCH:
+                return
+
+
+def _broker(url: str) -> tuple[str, int, bool, str | None, str | None]:
+    """host, port, TLS, username, password of mqtt://user:pass@host:port (mqtts:// for TLS)."""
+    parts = urlsplit(url)
+    tls = parts.scheme in ("mqtts", "ssl")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls, user, password
+
+
+class Dispatcher:
+    """Publishes QUEUED commands QoS 1 to robots/{robotId}/commands and marks them SENT; wakes on
+    NOTIFY robot_commands, on (re)connecting to the broker, and every DISPATCH_POLL_S."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._wake = asyncio.Event()
+        self._conn = _OwnConnection(services, self._opened)
+        settings = services.settings
+        self._client = MQTTClient(f"{settings.mqtt_client_id}-commands")
+        self._client.on_connect = lambda *_: self._wake.set()
+        self._connected = False
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _opened(self, conn: asyncpg.Connection) -> None:
+        await conn.add_listener(NOTIFY_CHANNEL, self._notified)
+        conn.add_termination_listener(self._notified)
+
+    async def run(self) -> None:
+        try:
+            await self._connect_broker()
+            while True:
+                self._wake.clear()
+                try:
+                    await self.drain()
+                except _DB_ERRORS as exc:
+                    log.warning("command dispatcher: %s; reconnecting", exc)
+                    await self._conn.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S)
+        finally:
+            await self._conn.close()
+            if self._connected:
+                # Also stops gmqtt's own reconnect attempts when the broker is gone.
+                try:
+                    await asyncio.wait_for(self._client.disconnect(), 5)
+                except (OSError, TimeoutError) as exc:
+                    log.warning("command dispatcher: MQTT disconnect failed: %s", exc)
+
+    async def _connect_broker(self) -> None:
+        settings = self._services.settings
+        assert settings.mqtt_url is not None
+        host, port, tls, user, password = _broker(settings.mqtt_url)
+        if user is not None:
+            self._client.set_auth_credentials(user, password)
+        version = MQTTv50 if settings.mqtt_protocol == 5 else MQTTv311
+        # gmqtt reconnects by itself once connected; only the first connection is ours to retry.
+        self._client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": 2})
+        while True:
+            try:
+                await asyncio.wait_for(self._client.connect(host, port, ssl=tls, version=version), 10)
+                self._connected = True
+                log.info("command dispatcher connected to %s:%s", host, port)
+                return
+            except Exception as exc:  # noqa: BLE001 - gmqtt raises several kinds; all mean "retry"
+                log.warning("command dispatcher cannot reach MQTT %s:%s: %s", host, port, exc)
+                await asyncio.sleep(2)
+
+    async def drain(self) -> None:
+        """Sends batches until nothing QUEUED is left or the broker is gone."""
+        while self._client.is_connected:
+            conn = await self._conn.get()
+            async with conn.transaction():
+                rows = await conn.fetch(CLAIM, DISPATCH_BATCH)
+                sent = []
+                for row in rows:
+                    if not await self._publish(row):
+                        break
+                    sent.append(row["id"])
+                # A crash before this commit leaves the rows QUEUED: sent again, at least once.
+                changes = await _record(conn, await conn.fetch(MARK_SENT, sent)) if sent else []
+            await publish(self._services.events, changes)
+            if len(rows) < DISPATCH_BATCH or len(sent) < len(rows):
+                return
+
+    async def _publish(self, row: Any) -> bool:
+        """Hands the command to gmqtt, which retransmits a QoS 1 publish until the broker acks it."""
+        message = {
+            "commandId": row["id"],
+            "type": row["type"],
+            "params": row["params"],
+            "issuedAt": row["issued_at"].isoformat(),
+            "expiresAt": row["expires_at"].isoformat(),
+        }
+        topic = f"robots/{row['robot_id']}/commands"
+        payload = json.dumps(message).encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_WAIT_S
+        attempt = 0
+        while True:
+            try:
+                self._client.publish(topic, payload, qos=1)
+                return True
+            except OverflowError:
+                # No free packet id: the broker's receive maximum of unacked QoS 1 publishes is
+                # reached (about 20 under MQTT 5). Its PUBACKs, read by the loop, free them.
+                if loop.time() > deadline or not self._client.is_connected:
+                    log.warning("command dispatcher: broker stopped acknowledging; retrying later")
+                    return False
+                attempt += 1
+                await asyncio.sleep(0 if attempt < 100 else 0.005)
+
+
+@contextlib.asynccontextmanager
+async def _running(services: Services, name: str, runner: Sweeper | Dispatcher) -> AsyncIterator[Any]:
+    task = asyncio.create_task(runner.run(), name=name)
+    services.components[name] = runner
+    try:
+        yield runner
+    finally:
+        services.components.pop(name, None)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def sweeper(services: Services) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Runtime component: the expiry and ack-timeout sweeper (needs no broker)."""
+    return _running(services, "command_sweeper", Sweeper(services))
+
+
+def dispatcher(services: Services) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Runtime component: the command dispatcher, when an MQTT broker is configured."""
+    if services.settings.mqtt_url is None:
+        return contextlib.nullcontext()
+    return _running(services, "command_dispatcher", Dispatcher(services))
+
+
+async def run_worker(settings: Settings) -> None:
+    """`sepulki worker`: the sweeper and the dispatcher without the API, until SIGTERM or SIGINT."""
+    assert settings.database_url is not None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
+    try:
+        async with Broadcast(settings.broadcast_url) as broadcast:
+            services = Services(
+                settings=settings,
+                db=pool,
+                events=Events(broadcast),
+                passwords=Passwords(settings),
+                tokens=Tokens(settings),
+                uploads_dir=settings.data_dir / "uploads",
+            )
+            async with sweeper(services), dispatcher(services):
+                log.info(
+                    "sepulki worker running: command sweeper%s", ", dispatcher" * bool(settings.mqtt_url)
+                )
+                await stop.wait()
+    finally:
+        await pool.close()

@@ -1,0 +1,144 @@
+"""Ingest counters, and their rendering in the Prometheus text exposition format (GET /metrics).
+
+Plain integers updated on the event loop (no locks needed); one `IngestMetrics` per pipeline.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class IngestMetrics:
+    def __init__(self) -> None:
+        # (source, kind, outcome) -> messages
+        self.messages: Counter[tuple[str, str, str]] = Counter()
+        # reason -> messages sent to dead_letters
+        self.rejected: Counter[str] = Counter()
+        self.batches = 0
+        self.batch_items = 0
+        self.batch_seconds = 0.0
+        self.batch_retries = 0
+        self.batch_failures = 0
+        self.events_published = 0
+        self.publish_failures = 0
+        self.robot_cache_refreshes = 0
+        self.mqtt_connects = 0
+        self.mqtt_disconnects = 0
+        self.mqtt_read_pauses = 0
+        # Callables read at render time (queue depths).
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def count(self, source: str, kind: str, outcome: str, reason: str | None = None) -> None:
+        self.messages[(source, kind, outcome)] += 1
+        if reason is not None:
+            self.rejected[reason] += 1
+
+    def total(self, outcome: str | None = None) -> int:
+        return sum(n for (_, _, o), n in self.messages.items() if outcome is None or o == outcome)
+
+    def render(self) -> str:
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], Any]]) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            for labels, value in samples:
+                label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
+
+        family(
+            "sepulki_ingest_messages_total",
+            "counter",
+            "Robot messages by source, kind and outcome (stored, duplicate, rejected).",
+            [({"source": s, "kind": k, "outcome": o}, n) for (s, k, o), n in sorted(self.messages.items())],
+        )
+        family(
+            "sepulki_ingest_dead_letters_total",
+            "counter",
+            "Messages written to dead_letters, by reason.",
+            [({"reason": r}, n) for r, n in sorted(self.rejected.items())],
+        )
+        family("sepulki_ingest_batches_total", "counter", "Committed batches.", [({}, self.batches)])
+        family(
+            "sepulki_ingest_batch_items_total",
+            "counter",
+            "Messages in committed batches.",
+            [({}, self.batch_items)],
+        )
+        family(
+            "sepulki_ingest_batch_seconds_total",
+            "counter",
+            "Time spent writing and committing batches.",
+            [({}, round(self.batch_seconds, 6))],
+        )
+        family(
+            "sepulki_ingest_batch_retries_total",
+            "counter",
+            "Batch transactions retried after a transient database error.",
+            [({}, self.batch_retries)],
+        )
+        family(
+            "sepulki_ingest_batch_failures_total",
+            "counter",
+            "Batches given up on (messages left unacknowledged, the broker redelivers them).",
+            [({}, self.batch_failures)],
+        )
+        family(
+            "sepulki_ingest_events_published_total",
+            "counter",
+            "Events published after commit (bellows, robot status, command updates).",
+            [({}, self.events_published)],
+        )
+        family(
+            "sepulki_ingest_publish_failures_total",
+            "counter",
+            "Publishes that failed after commit (subscribers catch up from the event log).",
+            [({}, self.publish_failures)],
+        )
+        family(
+            "sepulki_ingest_robot_cache_refreshes_total",
+            "counter",
+            "Reloads of the known-robot cache.",
+            [({}, self.robot_cache_refreshes)],
+        )
+        family(
+            "sepulki_ingest_mqtt_connects_total",
+            "counter",
+            "MQTT (re)connections.",
+            [({}, self.mqtt_connects)],
+        )
+        family(
+            "sepulki_ingest_mqtt_disconnects_total",
+            "counter",
+            "MQTT disconnections.",
+            [({}, self.mqtt_disconnects)],
+        )
+        for name, read in sorted(self.gauges.items()):
+            family(
+                f"sepulki_ingest_{name}", "gauge", name.replace("_", " ").capitalize() + ".", [({}, read())]
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_endpoint(services: Callable[[], Any]) -> Callable[[Request], Any]:
+    """GET /metrics of the API process: the counters of its pipeline (HTTP ingest, and MQTT
+    ingest when it runs in the API)."""
+
+    async def endpoint(_request: Request) -> Response:
+        current = services()
+        metrics = current.components.get("ingest_metrics") if current is not None else None
+        body = metrics.render() if isinstance(metrics, IngestMetrics) else ""
+        return PlainTextResponse(body, media_type=CONTENT_TYPE)
+
+    return endpoint

@@ -1,0 +1,249 @@
+"""The MQTT consumer of robot messages: gmqtt, acknowledging each message only after its batch commit.
+
+- MQTT 5 (Mosquitto, EMQX): `optimistic_acknowledgement=False` and an `async def on_message` that
+  returns 0 once `Pipeline.submit` has answered, so gmqtt sends the PUBACK after the commit. A
+  crash before that leaves the message unacknowledged and the broker delivers it again, where its
+  key makes it a duplicate. Workers share the load with `$share/sepulki/...` subscriptions.
+- Persistent session: a stable client id, clean start off and a session expiry, so what robots
+  publish while the worker restarts is queued by the broker, not lost.
+- gmqtt does not subscribe again after a reconnect: `on_connect` subscribes every time.
+- Status topics are subscribed without `$share`: a broker never sends retained messages to a shared
+  subscription, and the retained status is how a worker learns robots' states on start. Every worker
+  then sees each status message; its content key stores it once.
+- MQTT 3.1.1 (the embedded amqtt broker of `sepulki dev`): plain topics, and gmqtt acknowledges on
+  receipt there (3.1.1 has no way to delay it), so the no-loss guarantee is for MQTT 5 brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from gmqtt import Client, Subscription
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+
+from app.ingest.messages import RawMessage, parse_topic
+from app.ingest.pipeline import Pipeline
+from app.settings import Settings
+
+log = logging.getLogger("sepulki.ingest.mqtt")
+
+SHARE_GROUP = "sepulki"
+# How long the broker keeps the session (and queues messages for it) while the worker is away.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+KEEPALIVE_S = 30
+RECONNECT_DELAY_S = 1
+# On stop, how long messages already received may take to commit before the worker disconnects.
+DRAIN_TIMEOUT_S = 10.0
+SHARED_TOPICS = ("robots/+/telemetry", "robots/+/events", "robots/+/commands/ack")
+STATUS_TOPIC = "robots/+/status"
+
+
+class StaleDelivery(RuntimeError):
+    """The connection a message came on is gone: its PUBACK must not go out on the new connection,
+    where the broker delivers the message again (with the same packet id, or a reused one)."""
+
+
+def topic_filters(protocol: int, share_group: str = SHARE_GROUP) -> list[str]:
+    if protocol >= 5:
+        return [f"$share/{share_group}/{topic}" for topic in SHARED_TOPICS] + [STATUS_TOPIC]
+    return [*SHARED_TOPICS, STATUS_TOPIC]
+
+
+def broker_address(url: str) -> tuple[str, int, ssl.SSLContext | bool, str | None, str | None]:
+    """mqtt://user:password@host:1883 or mqtts://host:8883 -> host, port, ssl, user, password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (mqtt:// or mqtts://)")
+    secure = parts.scheme in ("mqtts", "ssl")
+    port = parts.port or (8883 if secure else 1883)
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return (
+        parts.hostname or "127.0.0.1",
+        port,
+        (ssl.create_default_context() if secure else False),
+        user,
+        password,
+    )
+
+
+class MqttIngest:
+    """Consumes robot topics into the pipeline until stopped; reconnects on its own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        *,
+        client_id: str | None = None,
+        share_group: str = SHARE_GROUP,
+        receive_maximum: int | None = None,
+        persistent: bool | None = None,
+    ) -> None:
+        if settings.mqtt_url is None:
+            raise ValueError("SEPULKI_MQTT_URL is required for MQTT ingest")
+        self._url = settings.mqtt_url
+        self._protocol = MQTTv50 if settings.mqtt_protocol >= 5 else MQTTv311
+        self._pipeline = pipeline
+        self._filters = topic_filters(settings.mqtt_protocol, share_group)
+        # Messages in flight (received, not yet acknowledged): several batches' worth keeps the
+        # writer busy and bounds what this process holds. Announced as Receive Maximum, and
+        # enforced by `_flow` since Mosquitto 2.0 does not keep to it.
+        window = receive_maximum or min(65535, max(100, 4 * settings.ingest_batch_size))
+        self._window = window
+        # The test suite shares one broker between many short-lived apps: a session kept by each
+        # would stay in the `$share` group, and Mosquitto routes a share of messages to offline
+        # members until their sessions expire. Tests that need persistence pass persistent=True.
+        if persistent is None:
+            persistent = settings.env != "test"
+        self.client = Client(
+            client_id or settings.mqtt_client_id,
+            clean_session=not persistent,
+            optimistic_acknowledgement=False,
+            session_expiry_interval=SESSION_EXPIRY_S if persistent else 0,
+            receive_maximum=window,
+        )
+        self.client.set_config({"reconnect_delay": RECONNECT_DELAY_S})
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.subscribed = asyncio.Event()
+        self._generation = 0
+        self._inflight = 0
+        self._stopping = False
+        self._paused = False
+        self._idle = asyncio.Event()
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> MqttIngest:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connects in the background: the process starts even while the broker is still down."""
+        self._connecting = asyncio.create_task(self._connect(), name="mqtt-ingest-connect")
+
+    async def stop(self) -> None:
+        """Stops reading, lets the messages already received commit and be acknowledged, then
+        disconnects. The session stays on the broker: what arrives meanwhile waits for the next start."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        if not self.client.is_connected:
+            return
+        self._stopping = True
+        self._flow(pause=True)
+        if self._inflight:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                    await self._idle.wait()
+        if self._inflight:
+            log.warning(
+                "MQTT ingest: %d messages not acknowledged at shutdown (redelivered later)", self._inflight
+            )
+        await self.client.disconnect()
+
+    async def _connect(self) -> None:
+        host, port, tls, user, password = broker_address(self._url)
+        if user is not None:
+            self.client.set_auth_credentials(user, password)
+        delay = 0.2
+        while True:
+            try:
+                await self.client.connect(host, port, ssl=tls, keepalive=KEEPALIVE_S, version=self._protocol)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("MQTT broker %s:%s not reachable (%s); retrying in %.1fs", host, port, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _flow(self, *, pause: bool) -> None:
+        """TCP backpressure: Mosquitto 2.0 keeps sending past our Receive Maximum once PUBACKs
+        flow (measured: 110 messages in flight for a window of 10), so the window is enforced by
+        not reading the socket; the broker queues the rest (max_queued_messages)."""
+        connection = self.client._connection
+        transport = getattr(connection, "_transport", None)
+        if transport is None or transport.is_closing():
+            return
+        if pause:
+            if not self._paused:
+                self._paused = True
+                self._pipeline.metrics.mqtt_read_pauses += 1
+            if transport.is_reading():
+                transport.pause_reading()
+            # gmqtt reads through an asyncio.StreamReader, which pauses the transport itself when
+            # its buffer is full and resumes it once drained, which would undo this pause: it is
+            # told it has not paused, so the resume stays ours.
+            reader = getattr(getattr(connection, "_protocol", None), "_stream_reader", None)
+            if reader is not None and getattr(reader, "_paused", False):
+                reader._paused = False
+        elif self._paused and not self._stopping:
+            self._paused = False
+            transport.resume_reading()
+
+    def _on_connect(self, client: Client, _flags: int, rc: int, _properties: dict[str, Any]) -> None:
+        self._generation += 1
+        self._paused = False  # a new socket, read from the start
+        self._pipeline.metrics.mqtt_connects += 1
+        log.info("MQTT ingest connected (rc=%s); subscribing to %s", rc, ", ".join(self._filters))
+        client.subscribe([Subscription(topic, qos=1) for topic in self._filters])
+
+    def _on_subscribe(self, _client: Client, _mid: int, _qos: Any, _properties: Any) -> None:
+        self.subscribed.set()
+
+    def _on_disconnect(self, _client: Client, _packet: Any, _exc: Any = None) -> None:
+        self._generation += 1
+        self.subscribed.clear()
+        self._pipeline.metrics.mqtt_disconnects += 1
+        log.info("MQTT ingest disconnected")
+
+    async def _on_message(
+        self, _client: Client, topic: str, payload: bytes, _qos: int, _properties: dict[str, Any]
+    ) -> int:
+        generation = self._generation
+        parsed = parse_topic(topic)
+        robot_id, kind = parsed if parsed is not None else ("", "unknown")
+        if not payload and kind == "status":
+            # An empty retained message is how a retained status is cleared (a retired robot).
+            return 0
+        self._inflight += 1
+        self._idle.clear()
+        if self._inflight >= self._window:
+            self._flow(pause=True)
+        try:
+            await self._pipeline.submit([RawMessage("mqtt", topic, robot_id, kind, payload)])
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+            if self._inflight <= self._window // 2:
+                self._flow(pause=False)
+        if generation != self._generation:
+            raise StaleDelivery(f"connection replaced while storing a message of {topic}")
+        # 0 = success: gmqtt now sends the PUBACK, after the commit.
+        return 0
+
+
+async def forget_session(url: str, client_id: str, protocol: int = 5) -> None:
+    """Ends a worker's persistent session on the broker: use it when retiring a worker for good.
+    Mosquitto keeps routing a share of `$share` messages to an offline member of the group until its
+    session expires; a session ended this way leaves the group at once."""
+    host, port, tls, user, password = broker_address(url)
+    client = Client(client_id, clean_session=True, session_expiry_interval=0)
+    if user is not None:
+        client.set_auth_credentials(user, password)
+    await client.connect(
+        host, port, ssl=tls, keepalive=KEEPALIVE_S, version=MQTTv50 if protocol >= 5 else MQTTv311
+    )
+    await client.disconnect()

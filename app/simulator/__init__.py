@@ -1,0 +1,105 @@
+"""The robot simulator: `sepulki simulate` and the simulated robots of `sepulki dev`.
+
+`physics` is the robot's body (pure functions), `messages` its side of the MQTT contract,
+`robots` picks (or registers) the database rows it plays, `runner` puts each robot on MQTT.
+This module owns the two ways to run it: the `simulated_robots` lifespan component (dev) and
+`simulate()` (the CLI command, against any broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from app import db
+from app.context import Services
+from app.simulator.robots import NoRobots, SimRobot, by_ids, pick
+from app.simulator.runner import BrokerUnreachable, SimConfig, Simulator, Stats
+
+__all__ = [
+    "BrokerUnreachable",
+    "NoRobots",
+    "Plan",
+    "SimConfig",
+    "SimRobot",
+    "Simulator",
+    "Stats",
+    "simulate",
+    "simulated_robots",
+]
+
+log = logging.getLogger("sepulki.simulator")
+
+# `sepulki dev`: one message per robot per second, an hour of battery per real minute.
+DEV_HZ = 1.0
+DEV_TIME_SCALE = 60.0
+# `sepulki simulate` leaves alone robots seen this recently: something else is driving them.
+LIVE_WINDOW_S = 30.0
+
+
+@contextlib.asynccontextmanager
+async def simulated_robots(services: Services) -> AsyncIterator[Simulator | None]:
+    """`settings.simulate_robots` robots on the embedded broker, in the dev process only: the
+    seeded robots first, so GraphiQL's subscriptions show live data out of the box."""
+    settings = services.settings
+    if not (settings.embedded_broker and settings.mqtt_url and settings.simulate_robots > 0):
+        yield None
+        return
+    try:
+        robots = await pick(services.db, settings.simulate_robots)
+    except NoRobots as exc:  # an empty database (no seed): dev still serves, without robots
+        log.warning("no simulated robots: %s", exc)
+        yield None
+        return
+    config = SimConfig(
+        mqtt_url=settings.mqtt_url,
+        protocol=settings.mqtt_protocol,
+        hz=DEV_HZ,
+        time_scale=DEV_TIME_SCALE,
+        # Stopping dev is not the robots powering down: each resumes from its row next start.
+        offline_on_exit=False,
+    )
+    async with Simulator(robots, config) as simulator:
+        services.components["simulator"] = simulator
+        try:
+            yield simulator
+        finally:
+            services.components.pop("simulator", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What `sepulki simulate` was asked to do."""
+
+    database_url: str
+    robots: int
+    robot_ids: list[str]
+    fleet_id: str | None
+    duration_s: float | None
+    register: bool = True
+
+
+async def simulate(plan: Plan, config: SimConfig) -> Stats:
+    """Runs until `duration_s` passes (or forever) and returns what was sent."""
+    pool = await db.create_pool(plan.database_url, min_size=1, max_size=2)
+    try:
+        if plan.robot_ids:
+            robots = await by_ids(pool, plan.robot_ids)
+        else:
+            robots = await pick(
+                pool, plan.robots, plan.fleet_id, register=plan.register, skip_live_s=LIVE_WINDOW_S
+            )
+    finally:
+        await pool.close()
+    async with Simulator(robots, config) as simulator:
+        try:
+            if plan.duration_s is None:
+                await asyncio.Event().wait()
+            else:
+                await asyncio.sleep(plan.duration_s)
+        finally:
+            log.info("simulator sent %s", simulator.stats.as_dict())
+    return simulator.stats

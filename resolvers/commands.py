@@ -1,0 +1,72 @@
+"""Resolvers of schema/commands.graphql: robot commands, sendRobotCommand and commandUpdates."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
+from graphql import GraphQLResolveInfo
+
+from app import commands
+from app.pubsub import Event, channels
+from app.realtime import resolve_event, subscription_source
+from app.smiths import smiths_by_id
+from app.validation import page, parse_id
+
+query = QueryType()
+mutation = MutationType()
+subscription = SubscriptionType()
+command_type = ObjectType("RobotCommand")
+
+
+@query.field("robotCommands")
+async def resolve_robot_commands(
+    _: Any, info: GraphQLResolveInfo, robot_id: str, limit: int | None = None, offset: int | None = None
+) -> list[dict[str, Any]]:
+    limit, offset = page(limit, offset)
+    return await commands.list_commands(info.context.db, parse_id(robot_id, "robotId"), limit, offset)
+
+
+@query.field("robotCommand")
+async def resolve_robot_command(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+    return await info.context.loaders.load(commands.commands_by_id, parse_id(id))
+
+
+@mutation.field("sendRobotCommand")
+async def resolve_send_robot_command(
+    _: Any,
+    info: GraphQLResolveInfo,
+    robot_id: str,
+    type: str,
+    params: Any = None,
+    ttl_seconds: int | None = None,
+) -> dict[str, Any]:
+    viewer = await info.context.require()
+    robot_id = parse_id(robot_id, "robotId")
+    return await commands.send(info.context, viewer, robot_id, type, params, ttl_seconds)
+
+
+@command_type.field("issuedBy")
+async def resolve_issued_by(command: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+    if command["issued_by"] is None:
+        return None
+    smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, command["issued_by"])
+    return smith
+
+
+# A plain function, not an async generator: a malformed robotId or `after` is refused at
+# subscribe time, not at the first event.
+@subscription.source("commandUpdates")
+def command_updates_source(
+    _: Any, info: GraphQLResolveInfo, robot_id: str | None = None, after: str | None = None
+) -> AsyncIterator[Event]:
+    if robot_id is None:
+        return subscription_source(info, channels.COMMANDS_ALL, after)
+    return subscription_source(info, channels.commands(parse_id(robot_id, "robotId")), after)
+
+
+subscription.set_field("commandUpdates", resolve_event)
+
+
+bindables = [query, mutation, subscription, command_type]
