@@ -62,11 +62,12 @@ CROSS JOIN LATERAL (
 ) AS e
 """
 # `uptime` is computed over every sample of the window (the window function runs before LIMIT).
+# Status messages are stored with a negative seq (see app/ingest/messages.py): not samples.
 ROBOT_TELEMETRY = """
 SELECT ts, status::text AS status, battery_level, health_score, metrics,
        (avg(CASE WHEN status IN ('OFFLINE', 'ERROR') THEN 0 ELSE 1 END) OVER ())::double precision AS uptime
 FROM telemetry
-WHERE robot_id = $1 AND ts >= now() - $2::interval
+WHERE robot_id = $1 AND ts >= now() - $2::interval AND seq >= 0
 ORDER BY ts DESC, seq DESC
 LIMIT $3
 """

@@ -27,6 +27,8 @@ def _serve(settings: Settings) -> None:
         # Open SSE streams and websockets would otherwise hold shutdown; clients resume with
         # Last-Event-ID / `after` and lose nothing.
         timeout_graceful_shutdown=5,
+        # Frames are small JSON: compressing each costs more CPU than it saves on loopback and LANs.
+        ws_per_message_deflate=False,
     )
 
 

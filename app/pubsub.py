@@ -127,7 +127,7 @@ def jsonable(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def encode(event_id: int | None, payload: dict[str, Any]) -> str:
+def encode(event_id: int, payload: dict[str, Any]) -> str:
     return json.dumps({"id": event_id, "data": payload}, default=_default)
 
 
@@ -149,9 +149,9 @@ async def record(conn: asyncpg.Connection, names: Sequence[str], payload: dict[s
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One delivered event: its event_log id (None only from the transitional `publish_many`)."""
+    """One delivered event and its event_log id."""
 
-    id: int | None
+    id: int
     data: dict[str, Any]
 
 
@@ -352,11 +352,6 @@ class Events:
     async def publish_recorded(self, recorded: Iterable[Recorded]) -> None:
         for event in recorded:
             await self._send(event.channels, encode(event.id, event.payload))
-
-    async def publish_many(self, channel_names: list[str], payload: dict[str, Any]) -> None:
-        """Transitional, for writers not yet on event_log: an event without id, which a
-        subscriber delivers live but can neither replay nor deduplicate."""
-        await self._send(channel_names, encode(None, payload))
 
     async def _send(self, names: Sequence[str], message: str) -> None:
         pending = list(names)
@@ -575,8 +570,7 @@ class Events:
                 if probe is not None and not probe.done():
                     probe.set_result(None)
                 return
-            raw_id = decoded["id"]
-            event = Event(None if raw_id is None else int(raw_id), decoded["data"])
+            event = Event(int(decoded["id"]), decoded["data"])
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed message on %s: %s", topic.name, exc)
             return

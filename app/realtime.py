@@ -79,7 +79,6 @@ log = logging.getLogger("sepulki.realtime")
 
 Message = dict[str, Any]
 
-LATEST_EVENT_ID = "SELECT coalesce(max(id), 0) FROM event_log"
 
 REPLAY_PAGE = 500
 # Ids a stream remembers to drop the second copy of an event (live and replayed); ids older than
@@ -123,8 +122,6 @@ class _Cursor:
     def take(self, event: Event) -> bool:
         """True if the event is new to this stream (and now counts as delivered)."""
         event_id = event.id
-        if event_id is None:
-            return True  # transitional publish_many: no id to deduplicate on
         if self.floor is not None and event_id <= self.floor:
             return False
         if event_id in self._recent or event_id <= self._forgotten:
@@ -171,7 +168,7 @@ async def event_stream(
     async with events.listen(channel, queue_size=queue_size) as subscriber:
         cursor = _Cursor(after)
         if after is None:
-            cursor.last = await pool.fetchval(LATEST_EVENT_ID)
+            cursor.last = await eventlog.latest_id(pool)
         else:
             async for event in _replay(pool, channel, cursor, page):
                 if accept is None or accept(event.data):
@@ -238,17 +235,6 @@ def resolve_event(event: Event, info: GraphQLResolveInfo, **_: Any) -> Message:
     # Read back by _EventIdSocket in the same task, when this event's result is sent.
     _EVENT_ID.set(event.id)
     return event.data
-
-
-async def channel_messages(
-    events: Events, channel: str, accept: Callable[[Message], bool] | None = None
-) -> AsyncIterator[Message]:
-    """Transitional: live payloads of one channel, without ids, replay or `after`; use
-    `subscription_source` and `resolve_event` instead."""
-    async with events.subscribe(channel) as payloads:
-        async for payload in payloads:
-            if accept is None or accept(payload):
-                yield payload
 
 
 def live_subscriptions(events: Events, channel: str) -> int:

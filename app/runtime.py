@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from app import broker, commands, simulator
+from app import broker, commands, eventlog, simulator
 from app.context import Services
 from app.ingest.service import ingest_component
 
@@ -22,6 +22,7 @@ COMPONENTS: list[Component] = [
     broker.embedded_broker,
     commands.sweeper,
     commands.dispatcher,
+    eventlog.retention,
     # The ingest pipeline (HTTP ingest uses it) and, with SEPULKI_MQTT_URL, the MQTT consumer.
     ingest_component,
     # Last: simulated robots publish once everything that consumes their messages runs.

@@ -56,8 +56,10 @@ class Settings:
     ingest_max_payload_bytes: int = 65536
     command_ttl_s: int = 300
     command_ack_timeout_s: int = 30
-    # Per-websocket queue bound; a subscriber that falls this far behind is closed (it resumes with `after`).
+    # Per-subscription queue bound; a subscription this far behind is ended (it resumes with `after`).
     ws_queue_size: int = 1000
+    # How long event_log keeps events for `after` / Last-Event-ID replay (0: forever).
+    event_retention_s: int = 86400
     # Simulated robots started by `sepulki dev` (0: none).
     simulate_robots: int = 4
     max_query_cost: int = 5000
@@ -105,6 +107,7 @@ class Settings:
             command_ttl_s=int(get("COMMAND_TTL_S", "300")),
             command_ack_timeout_s=int(get("COMMAND_ACK_TIMEOUT_S", "30")),
             ws_queue_size=int(get("WS_QUEUE_SIZE", "1000")),
+            event_retention_s=int(get("EVENT_RETENTION_S", "86400")),
             simulate_robots=int(get("SIMULATE_ROBOTS", "4")),
             max_query_cost=int(get("MAX_QUERY_COST", "5000")),
             max_query_depth=int(get("MAX_QUERY_DEPTH", "12")),

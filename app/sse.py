@@ -90,9 +90,7 @@ def _graphql_names(payload: dict[str, Any]) -> dict[str, Any]:
 def format_event(event: Event) -> str:
     # Payloads are JSON-safe by app.pubsub's contract (they come out of jsonb or the wire).
     data = json.dumps(_graphql_names(event.data), separators=(",", ":"))
-    # An event without id (a writer still on the transitional publish_many) cannot be resumed from.
-    head = f"id: {event.id}\n" if event.id is not None else ""
-    return f"{head}event: bellows\ndata: {data}\n\n"
+    return f"id: {event.id}\nevent: bellows\ndata: {data}\n\n"
 
 
 def _refuse(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
