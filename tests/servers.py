@@ -62,13 +62,32 @@ class PostgresServer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class RedisServer:
-    """redis-server on a free loopback port, persistence off; restartable on the same port."""
+class _LoopbackProcess:
+    """A server process on a free loopback port with its own temporary directory; `stop` and
+    `start` again keep the port, so tests can restart it under connected clients."""
+
+    prefix = "sepulki-"
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="sepulki-redis-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=self.prefix))
         self.process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisServer(_LoopbackProcess):
+    """redis-server on a free loopback port, persistence off; restartable on the same port."""
+
+    prefix = "sepulki-redis-"
 
     @property
     def url(self) -> str:
@@ -96,25 +115,12 @@ class RedisServer:
         _wait_for_port(self.port)
         return self.url
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class MosquittoServer:
+class MosquittoServer(_LoopbackProcess):
     """Mosquitto (MQTT 5) on a free loopback port with raised queue limits: its defaults
     (1000 queued, 20 in flight) silently drop QoS 1 messages to a slow subscriber."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="sepulki-mqtt-"))
-        self.process: subprocess.Popen[bytes] | None = None
+    prefix = "sepulki-mqtt-"
 
     @property
     def url(self) -> str:
@@ -137,16 +143,6 @@ class MosquittoServer:
         )
         _wait_for_port(self.port)
         return self.url
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _wait_for_port(port: int, timeout: float = 20.0) -> None:
