@@ -22,17 +22,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import gmqtt
-import httpx
 import pytest
-import uvicorn
 from gmqtt.mqtt.constants import MQTTv50
 
 from app import commands, db
 from app.pubsub import channels
 from app.realtime import live_subscriptions
-from app.server import create_app
 from app.settings import Settings
-from tests.servers import MosquittoServer, free_port
+from tests.live import serving
+from tests.servers import MosquittoServer
 from tests.support import ADMIN, Api
 from tests.wsclient import subscribe
 
@@ -412,34 +410,11 @@ async def _leading(sweeper: commands.Sweeper) -> bool:
     return sweeper.leader
 
 
-@contextlib.asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[tuple[Api, str]]:
-    """The app under uvicorn on a loopback port (the pattern of tests/test_subscriptions.py)."""
-    port = free_port()
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws="websockets-sansio", lifespan="on", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if serving.done():
-            serving.result()
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield Api(app, client, []), f"ws://127.0.0.1:{port}/graphql"
-    finally:
-        server.should_exit = True
-        await serving
-
-
 async def test_operator_watches_a_command_move_through_its_states(
     settings: Settings, mosquitto: MosquittoServer
 ) -> None:
-    async with served(with_broker(settings, mosquitto)) as (api, ws_url):
+    async with serving(with_broker(settings, mosquitto)) as live:
+        api, ws_url = live.api, live.ws_url
         init = {"authorization": f"Bearer {await api.token(*ADMIN)}"}
         async with (
             robot_on(mosquitto.url, DEVBOT_ALPHA) as robot,

@@ -23,6 +23,7 @@ from app.db import Pool
 from app.pubsub import Event, Events, Recorded, channels, encode, record
 from app.realtime import event_stream
 from app.settings import ROOT, Settings
+from tests.live import Live, serving
 from tests.servers import RedisServer
 from tests.support import Api
 from tests.test_subscriptions import (
@@ -31,8 +32,6 @@ from tests.test_subscriptions import (
     DEVBOT_ALPHA,
     ROBOT_STATUS,
     UPDATE_ROBOT_STATUS,
-    Live,
-    serving,
 )
 from tests.wsclient import Subscription, SubscriptionComplete, connected
 

@@ -21,10 +21,10 @@ from app import sse
 from app.ingest.pipeline import Pipeline
 from app.pubsub import channels, record
 from app.settings import Settings
+from tests.live import Live, serving
 from tests.support import DEMO, DEV
 from tests.test_apikeys import ALPHA, create_key
 from tests.test_http_ingest import telemetry
-from tests.test_subscriptions import Live, serving
 
 DEV_FLEET = "40000000-0000-4000-8000-000000000002"
 WAREHOUSE_FLEET = "40000000-0000-4000-8000-000000000003"
