@@ -502,11 +502,12 @@ async def test_fleet_channel_gets_one_message_per_batch(api: Api) -> None:
             async with asyncio.timeout(0.3):
                 await anext(fleet)
     assert message["real_time"] is True
-    assert len(message["metrics"]) == 6 * 2  # 6 samples, 2 metrics each
+    # Coalesced to each robot's newest sample of the batch (seq 3): 2 robots, 2 metrics each.
+    assert len(message["metrics"]) == 2 * 2
     assert {m["unit"] for m in message["metrics"]} == {"%", "C"}
-    assert {(m["robot_id"], m["battery_level"]) for m in message["metrics"]} == {
-        (rid, 90.0 - seq) for seq in range(1, 4) for rid in (ALPHA, BETA)
-    }
+    assert sorted((m["robot_id"], m["name"], m["battery_level"]) for m in message["metrics"]) == sorted(
+        (rid, name, 87.0) for rid in (ALPHA, BETA) for name in ("CPU_USAGE", "MOTOR_TEMPERATURE")
+    )
     assert [e["type"] for e in message["events"]] == ["DOCKED"]
     assert sorted((r["id"], r["battery_level"]) for r in robots) == [(ALPHA, 87.0), (BETA, 87.0)]
     logged = await api.services.db.fetch("SELECT channels FROM event_log ORDER BY id")
