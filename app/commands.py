@@ -30,7 +30,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 from broadcaster import Broadcast
@@ -41,6 +40,7 @@ from app import audit, db
 from app.context import Context, Services, Viewer
 from app.db import Pool, fetch_by_ids
 from app.errors import Invalid, NotFound
+from app.ingest.mqtt import broker_address
 from app.pubsub import Events, channels, jsonable
 from app.security import Passwords, Tokens
 from app.settings import Settings
@@ -132,6 +132,8 @@ WHERE c.id = due.id
 RETURNING c.*
 """
 TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
+
+_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def _record(conn: asyncpg.Connection, rows: list[Any]) -> list[dict[str, Any]]:
@@ -317,11 +319,8 @@ class _OwnConnection:
         elif not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.close(), 5)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except _DB_ERRORS:
                 conn.terminate()
-
-
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 async def sweep(conn: asyncpg.Connection, ack_timeout_s: int) -> list[dict[str, Any]]:
@@ -379,15 +378,6 @@ class Sweeper:
                 return
 
 
-def _broker(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    """host, port, TLS, username, password of mqtt://user:pass@host:port (mqtts:// for TLS)."""
-    parts = urlsplit(url)
-    tls = parts.scheme in ("mqtts", "ssl")
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls, user, password
-
-
 class Dispatcher:
     """Publishes QUEUED commands QoS 1 to robots/{robotId}/commands and marks them SENT; wakes on
     NOTIFY robot_commands, on (re)connecting to the broker, and every DISPATCH_POLL_S."""
@@ -432,7 +422,7 @@ class Dispatcher:
     async def _connect_broker(self) -> None:
         settings = self._services.settings
         assert settings.mqtt_url is not None
-        host, port, tls, user, password = _broker(settings.mqtt_url)
+        host, port, tls, user, password = broker_address(settings.mqtt_url)
         if user is not None:
             self._client.set_auth_credentials(user, password)
         version = MQTTv50 if settings.mqtt_protocol == 5 else MQTTv311

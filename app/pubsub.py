@@ -95,7 +95,7 @@ class channels:  # noqa: N801 - a namespace of channel names
     @staticmethod
     def robot(robot_id: str) -> list[str]:
         """Where a robot's status change goes: its own channel and the all-robots one."""
-        return [f"robot-status:{robot_id}", channels.ROBOT_STATUS_ALL]
+        return [channels.robot_status(robot_id), channels.ROBOT_STATUS_ALL]
 
     @staticmethod
     def tasks(fleet_id: str) -> str:
@@ -104,7 +104,7 @@ class channels:  # noqa: N801 - a namespace of channel names
     @staticmethod
     def task(*fleet_ids: str | None) -> list[str]:
         """Where a task change goes: the channel of each fleet it concerns and the all-tasks one."""
-        return [*(f"tasks:{f}" for f in dict.fromkeys(fleet_ids) if f is not None), channels.TASKS_ALL]
+        return [*(channels.tasks(f) for f in dict.fromkeys(fleet_ids) if f is not None), channels.TASKS_ALL]
 
     @staticmethod
     def bellows(fleet_id: str) -> str:
@@ -424,11 +424,6 @@ class Events:
         if topic is None:
             return 0
         return sum(1 for s in topic.subscribers if s._sync is not _Sync.PENDING)
-
-    @property
-    def healthy(self) -> bool:
-        """False while the supervisor knows the transport to be down."""
-        return not self._down
 
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:

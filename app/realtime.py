@@ -237,11 +237,6 @@ def resolve_event(event: Event, info: GraphQLResolveInfo, **_: Any) -> Message:
     return event.data
 
 
-def live_subscriptions(events: Events, channel: str) -> int:
-    """Streams currently listening on `channel` in this process (for metrics and readiness checks)."""
-    return events.subscribers(channel)
-
-
 class _SharedResults:
     """Execute once, send many: the result of one event for one selection, computed by the first
     operation that needs it and reused by the others, with its JSON text.
@@ -348,7 +343,7 @@ class SharedEventExecutor(ExecutorThrowingOnIncremental):
         return self._share_key  # type: ignore[no-any-return]
 
     def build_per_event_executor(self, payload: Any) -> Any:
-        if isinstance(payload, Event) and payload.id is not None:
+        if isinstance(payload, Event):
             key = self._key()
             if key is not None:
                 done = _shared(self.schema).done(payload.id, key)
@@ -360,7 +355,7 @@ class SharedEventExecutor(ExecutorThrowingOnIncremental):
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         event = self.root_value
-        if not isinstance(event, Event) or event.id is None:
+        if not isinstance(event, Event):
             return super().execute_operation(serially)
         _EVENT_ID.set(event.id)
         key = self._key()

@@ -37,10 +37,6 @@ class Passwords:
 
         return await asyncio.to_thread(check)
 
-    def hash_sync(self, password: str) -> str:
-        """For seeding and tests only, never in a request."""
-        return self._hasher.hash(password)
-
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:

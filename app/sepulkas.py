@@ -14,7 +14,7 @@ from app import audit
 from app.context import Context, Viewer
 from app.db import Pool
 from app.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
-from app.validation import page, parse_id, required_text
+from app.validation import page, parse_id, parse_ids, required_text
 
 LIST_SEPULKAS = """
 SELECT s.* FROM sepulkas s LEFT JOIN patterns p ON p.id = s.pattern_id
@@ -72,7 +72,7 @@ def _forge_args(data: dict[str, Any]) -> tuple[str, str | None, str | None, list
     """Parses ForgeInput; malformed ids raise, the other rules are reported in the payload."""
     pattern_id = parse_id(data["pattern_id"], "patternId") if data.get("pattern_id") else None
     # Duplicates would hit the sepulka_alloys primary key; a set of alloys is what is meant.
-    alloy_ids = list(dict.fromkeys(parse_id(a, "alloyIds") for a in data.get("alloy_ids") or []))
+    alloy_ids = list(dict.fromkeys(parse_ids(data.get("alloy_ids"), "alloyIds")))
     return data.get("name") or "", data.get("description"), pattern_id, alloy_ids, data.get("parameters")
 
 

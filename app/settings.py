@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # Development-only secret: refused when SEPULKI_ENV=production.
@@ -70,7 +70,6 @@ class Settings:
     seed_on_start: bool = True
     # Production runs `sepulki migrate` once per release instead: replicas must not race.
     migrate_on_start: bool = True
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def production(self) -> bool:

@@ -143,7 +143,7 @@ async def _serve(stream: AsyncIterator[Event], expires_at: float) -> AsyncIterat
                 # Not `event: error`, which EventSource also fires for its own connection errors.
                 yield 'event: interrupted\ndata: {"error":"Stream interrupted, reconnect"}\n\n'
                 return
-            last_id = item.id if item.id is not None else last_id
+            last_id = item.id
             yield format_event(item)
     finally:
         pump.cancel()

@@ -13,7 +13,6 @@ import httpx
 import uvicorn
 
 from app.pubsub import record
-from app.realtime import live_subscriptions
 from app.server import create_app
 from app.settings import Settings
 from tests.servers import free_port
@@ -31,7 +30,7 @@ class Live:
     async def listening(self, channel: str, within: float = 5) -> None:
         """Returns once a subscriber is registered on the bus, so a publish now is delivered."""
         deadline = time.monotonic() + within
-        while live_subscriptions(self.api.services.events, channel) < 1:
+        while self.api.services.events.subscribers(channel) < 1:
             assert time.monotonic() < deadline, f"nobody subscribed to {channel}"
             await asyncio.sleep(0.01)
 

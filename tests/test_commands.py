@@ -27,7 +27,6 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from app import commands, db
 from app.pubsub import channels
-from app.realtime import live_subscriptions
 from app.settings import Settings
 from tests.live import serving
 from tests.servers import MosquittoServer
@@ -455,7 +454,7 @@ async def test_operator_watches_a_command_move_through_its_states(
 
 
 async def _listening(api: Api, channel: str) -> bool:
-    return live_subscriptions(api.services.events, channel) >= 1
+    return api.services.events.subscribers(channel) >= 1
 
 
 async def test_sepulki_worker_dispatches_commands_without_the_api(

@@ -17,7 +17,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app.pubsub import channels
-from app.realtime import live_subscriptions
 from app.settings import Settings
 from tests.live import Live, serving
 from tests.support import DEV
@@ -176,7 +175,7 @@ async def test_socket_is_closed_with_4403_when_its_token_expires(live: Live) -> 
             await updates.next(timeout=10)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4403, "Token expired")
-    assert live_subscriptions(live.api.services.events, channels.robot_status(DEVBOT_ALPHA)) == 0
+    assert live.api.services.events.subscribers(channels.robot_status(DEVBOT_ALPHA)) == 0
 
 
 async def test_anonymous_socket_is_accepted_but_robot_status_is_unauthenticated(live: Live) -> None:
@@ -187,7 +186,7 @@ async def test_anonymous_socket_is_accepted_but_robot_status_is_unauthenticated(
         async with connection.subscribe("query { __typename }") as hello:
             assert await hello.next() == {"__typename": "Query"}
     assert [e["extensions"]["code"] for e in errors] == ["UNAUTHENTICATED"]
-    assert live_subscriptions(live.api.services.events, channels.robot_status(DEVBOT_ALPHA)) == 0
+    assert live.api.services.events.subscribers(channels.robot_status(DEVBOT_ALPHA)) == 0
 
 
 async def test_smith_without_manage_fleet_cannot_watch_policy_breaches(live: Live) -> None:
@@ -315,6 +314,6 @@ async def test_leaving_a_subscription_unsubscribes_from_the_bus(live: Live) -> N
         async with connection.subscribe(TASK_UPDATES, {"fleetId": DEV_FLEET}):
             await live.listening(channels.tasks(DEV_FLEET))
         deadline = time.monotonic() + 5
-        while live_subscriptions(live.api.services.events, channels.tasks(DEV_FLEET)) > 0:
+        while live.api.services.events.subscribers(channels.tasks(DEV_FLEET)) > 0:
             assert time.monotonic() < deadline, "the stream kept listening after complete"
             await asyncio.sleep(0.01)

@@ -20,15 +20,18 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
 from app.ingest.messages import RawMessage, parse_topic
-from app.ingest.pipeline import Pipeline
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    # Annotation only: app.commands imports this module, and the pipeline imports app.commands.
+    from app.ingest.pipeline import Pipeline
 
 log = logging.getLogger("sepulki.ingest.mqtt")
 
