@@ -41,7 +41,9 @@ from app.context import Context, Services, Viewer
 from app.db import Pool, fetch_by_ids
 from app.errors import Invalid, NotFound
 from app.ingest.mqtt import broker_address
+from app.mail import create_mailer
 from app.pubsub import Events, channels, jsonable
+from app.ratelimit import RateLimiter
 from app.security import Passwords, Tokens
 from app.settings import Settings
 
@@ -525,6 +527,8 @@ async def run_worker(settings: Settings) -> None:
                 passwords=Passwords(settings),
                 tokens=Tokens(settings),
                 uploads_dir=settings.data_dir / "uploads",
+                mailer=create_mailer(settings),
+                limiter=RateLimiter(settings),
             )
             async with sweeper(services), dispatcher(services):
                 log.info(

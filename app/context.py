@@ -11,8 +11,10 @@ from starlette.requests import HTTPConnection
 from app.db import Pool
 from app.errors import Forbidden, Unauthenticated
 from app.loaders import Loaders
+from app.mail import Mailer
 from app.permissions import Perm, effective_permissions
 from app.pubsub import Events
+from app.ratelimit import RateLimiter
 from app.security import Passwords, Tokens
 from app.settings import Settings
 
@@ -34,6 +36,8 @@ class Services:
     passwords: Passwords
     tokens: Tokens
     uploads_dir: Path
+    mailer: Mailer
+    limiter: RateLimiter
     # What background components publish for others, e.g. "pipeline" (the ingest pipeline).
     components: dict[str, Any] = field(default_factory=dict)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar
 
 from graphql import GraphQLError
@@ -51,6 +52,16 @@ class Conflict(DomainError):
     code = "CONFLICT"
 
 
+class RateLimited(DomainError):
+    """Too many attempts; `retry_after` (seconds) says when the next one may succeed."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
 class NotImplementedYet(DomainError):
     code = "NOT_IMPLEMENTED"
 
@@ -66,6 +77,8 @@ def error_formatter(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
         extensions["code"] = original.code
         if original.field:
             extensions["field"] = original.field
+        if isinstance(original, RateLimited):
+            extensions["retryAfter"] = original.retry_after
     elif original is None or isinstance(original, GraphQLError):
         # Parse, validation and argument-coercion errors: the client sent a bad document.
         extensions.setdefault("code", "BAD_USER_INPUT")

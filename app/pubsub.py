@@ -87,6 +87,8 @@ class channels:  # noqa: N801 - a namespace of channel names
     TASKS_ALL = "tasks:*"
     BREACHES = "breaches"
     COMMANDS_ALL = "commands:*"
+    # Revoked sessions ({"sessionIds": [...]}): every API replica closes their websockets.
+    SESSIONS_REVOKED = "sessions:revoked"
 
     @staticmethod
     def robot_status(robot_id: str) -> str:

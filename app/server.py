@@ -26,7 +26,9 @@ from app.embedded import EmbeddedPostgres
 from app.graphql_app import build_schema, create_graphql_app
 from app.ingest.metrics import metrics_endpoint
 from app.loaders import Loaders
+from app.mail import create_mailer
 from app.pubsub import Events
+from app.ratelimit import RateLimiter
 from app.realtime import AuthenticatingWSHandler
 from app.security import Passwords, Tokens
 from app.settings import Settings
@@ -109,6 +111,8 @@ def create_app(
                 passwords=passwords,
                 tokens=Tokens(settings),
                 uploads_dir=uploads_dir,
+                mailer=create_mailer(settings),
+                limiter=RateLimiter(settings),
             )
             for component in runtime.COMPONENTS:
                 await stack.enter_async_context(component(holder.services))

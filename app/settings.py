@@ -37,7 +37,31 @@ class Settings:
     port: int = 4000
     jwt_secret: str = DEV_JWT_SECRET
     jwt_algorithm: str = "HS256"
-    access_token_ttl_s: int = 24 * 3600
+    access_token_ttl_s: int = 15 * 60
+    refresh_token_ttl_s: int = 7 * 24 * 3600
+    # Off: accounts are created from admins' invitations only (docs/accounts.md).
+    open_registration: bool = False
+    invitation_ttl_s: int = 7 * 24 * 3600
+    password_reset_ttl_s: int = 3600
+    # Where links in mails point (the web frontend), e.g. https://fleet.example.com
+    public_url: str = "http://localhost:3000"
+    # smtp://user:pass@host:587 (STARTTLS), smtps://...:465 (TLS), smtp+plain://host:25 (no TLS).
+    # None: mails are written to the log (development).
+    smtp_url: str | None = None
+    mail_from: str = "Sepulki Hammer <no-reply@sepulki.local>"
+    # limits storage: memory:// (one process) or async+redis://host:6379 (shared by replicas).
+    # None: async+redis on SEPULKI_REDIS_URL when set, else memory://.
+    rate_limit_storage_url: str | None = None
+    # `limits` notation. The login limit per IP is seed 000's default.
+    login_rate_limit_ip: str = "100/15 minutes"
+    login_rate_limit_account: str = "20/15 minutes"
+    # More than 5 failed logins for one email within 15 minutes lock it for the rest of the window.
+    login_lockout: str = "5/15 minutes"
+    # Mails asking for a password reset or invitation, per IP and per target email.
+    mail_rate_limit_ip: str = "20/hour"
+    mail_rate_limit_account: str = "3/hour"
+    # Every GraphQL request, per IP (0 disables).
+    request_rate_limit_ip: str = "1200/minute"
     cors_origins: tuple[str, ...] = DEV_CORS_ORIGINS
     debug: bool = False
     db_pool_min: int = 2
@@ -64,6 +88,11 @@ class Settings:
     simulate_robots: int = 4
     max_query_cost: int = 5000
     max_query_depth: int = 12
+    max_query_aliases: int = 30
+    max_query_tokens: int = 5000
+    max_body_bytes: int = 1_048_576
+    # Operations per batched HTTP request (a JSON array); 1 turns batching off.
+    max_batch_operations: int = 1
     # argon2id cost; tests lower it, production keeps the library defaults.
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
@@ -91,7 +120,21 @@ class Settings:
             host=get("HOST", "127.0.0.1"),
             port=int(get("PORT", "4000")),
             jwt_secret=get("JWT_SECRET", DEV_JWT_SECRET),
-            access_token_ttl_s=int(get("ACCESS_TOKEN_TTL_S", str(24 * 3600))),
+            access_token_ttl_s=int(get("ACCESS_TOKEN_TTL_S", str(15 * 60))),
+            refresh_token_ttl_s=int(get("REFRESH_TOKEN_TTL_S", str(7 * 24 * 3600))),
+            open_registration=_bool(get("OPEN_REGISTRATION", "false")),
+            invitation_ttl_s=int(get("INVITATION_TTL_S", str(7 * 24 * 3600))),
+            password_reset_ttl_s=int(get("PASSWORD_RESET_TTL_S", "3600")),
+            public_url=get("PUBLIC_URL", "http://localhost:3000"),
+            smtp_url=env.get("SEPULKI_SMTP_URL") or None,
+            mail_from=get("MAIL_FROM", "Sepulki Hammer <no-reply@sepulki.local>"),
+            rate_limit_storage_url=env.get("SEPULKI_RATE_LIMIT_STORAGE_URL") or None,
+            login_rate_limit_ip=get("LOGIN_RATE_LIMIT_IP", "100/15 minutes"),
+            login_rate_limit_account=get("LOGIN_RATE_LIMIT_ACCOUNT", "20/15 minutes"),
+            login_lockout=get("LOGIN_LOCKOUT", "5/15 minutes"),
+            mail_rate_limit_ip=get("MAIL_RATE_LIMIT_IP", "20/hour"),
+            mail_rate_limit_account=get("MAIL_RATE_LIMIT_ACCOUNT", "3/hour"),
+            request_rate_limit_ip=get("REQUEST_RATE_LIMIT_IP", "1200/minute"),
             cors_origins=_list(get("CORS_ORIGINS", ",".join(DEV_CORS_ORIGINS))),
             debug=_bool(get("DEBUG", "false")),
             db_pool_min=int(get("DB_POOL_MIN", "2")),
@@ -110,6 +153,10 @@ class Settings:
             simulate_robots=int(get("SIMULATE_ROBOTS", "4")),
             max_query_cost=int(get("MAX_QUERY_COST", "5000")),
             max_query_depth=int(get("MAX_QUERY_DEPTH", "12")),
+            max_query_aliases=int(get("MAX_QUERY_ALIASES", "30")),
+            max_query_tokens=int(get("MAX_QUERY_TOKENS", "5000")),
+            max_body_bytes=int(get("MAX_BODY_BYTES", "1048576")),
+            max_batch_operations=int(get("MAX_BATCH_OPERATIONS", "1")),
             argon2_time_cost=int(get("ARGON2_TIME_COST", "3")),
             argon2_memory_kib=int(get("ARGON2_MEMORY_KIB", "65536")),
             seed_on_start=_bool(get("SEED_ON_START", "true" if mode != "production" else "false")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ariadne import SchemaBindable
 
 from resolvers import (
+    accounts,
     apikeys,
     bellows,
     catalog,
@@ -25,6 +26,7 @@ from resolvers import (
 bindables: list[SchemaBindable] = [
     *scalars.bindables,
     *smiths.bindables,
+    *accounts.bindables,
     *catalog.bindables,
     *sepulkas.bindables,
     *ingots.bindables,

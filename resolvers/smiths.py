@@ -7,7 +7,7 @@ from typing import Any
 from ariadne import MutationType, QueryType
 from graphql import GraphQLResolveInfo
 
-from app import smiths
+from app import sessions, smiths
 
 query = QueryType()
 mutation = MutationType()
@@ -21,18 +21,18 @@ async def resolve_me(_: Any, info: GraphQLResolveInfo) -> dict[str, Any] | None:
 
 @mutation.field("login")
 async def resolve_login(_: Any, info: GraphQLResolveInfo, credentials: dict) -> dict[str, Any]:
-    return await smiths.login(info.context, credentials["email"], credentials["password"])
+    return await sessions.login(info.context, credentials["email"], credentials["password"])
 
 
 @mutation.field("refreshToken")
 async def resolve_refresh_token(_: Any, info: GraphQLResolveInfo, refresh_token: str) -> dict[str, Any]:
-    return await smiths.refresh(info.context, refresh_token)
+    return await sessions.refresh(info.context, refresh_token)
 
 
 @mutation.field("logout")
 async def resolve_logout(_: Any, info: GraphQLResolveInfo) -> bool:
     viewer = await info.context.require()
-    return await smiths.logout(info.context, viewer)
+    return await sessions.logout(info.context, viewer)
 
 
 bindables = [query, mutation]
