@@ -40,10 +40,13 @@ INSERT INTO api_keys (robot_id, prefix, key_hash, name, created_by, expires_at)
 VALUES ($1, $2, $3, $4, $5, now() + $6::interval)
 RETURNING id, robot_id, name, prefix, created_by, created_at, expires_at, last_used_at, revoked_at
 """
+# A deleted robot's keys are listed no more (they stopped working with it, see KEY_BY_PREFIX).
 KEYS_OF_ROBOT = """
-SELECT id, robot_id, name, prefix, created_by, created_at, expires_at, last_used_at, revoked_at
-FROM api_keys WHERE robot_id = $1
-ORDER BY created_at DESC, id
+SELECT k.id, k.robot_id, k.name, k.prefix, k.created_by, k.created_at, k.expires_at, k.last_used_at,
+       k.revoked_at
+FROM api_keys k JOIN robots r ON r.id = k.robot_id AND r.deleted_at IS NULL
+WHERE k.robot_id = $1
+ORDER BY k.created_at DESC, k.id
 """
 LOCK_KEY = """
 SELECT id, robot_id, name, prefix, created_by, created_at, expires_at, last_used_at, revoked_at

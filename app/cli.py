@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from dataclasses import replace
 
+from app import logs
 from app.settings import Settings, SettingsError
 
 
@@ -22,8 +22,11 @@ def _serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
+        # uvicorn's handlers, access log included, redact secrets and mask emails like ours.
+        log_config=logs.uvicorn_log_config(),
         ws="websockets-sansio",
         proxy_headers=True,
+        server_header=False,
         # Open SSE streams and websockets would otherwise hold shutdown; clients resume with
         # Last-Event-ID / `after` and lose nothing.
         timeout_graceful_shutdown=5,
@@ -134,10 +137,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=os.environ.get("SEPULKI_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(os.environ.get("SEPULKI_LOG_LEVEL", "INFO"))
     parser = argparse.ArgumentParser(prog="sepulki", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn in (

@@ -81,12 +81,17 @@ ORDER BY u.n
 RETURNING id, payload->>'id' AS command_id, payload->>'state' AS state
 """
 ROBOT_EXISTS = "SELECT id FROM robots WHERE id = $1 AND deleted_at IS NULL"
+# Commands of a deleted robot leave the API with it.
 COMMANDS_OF_ROBOT = """
-SELECT * FROM robot_commands WHERE robot_id = $1
-ORDER BY issued_at DESC, id
+SELECT c.* FROM robot_commands c JOIN robots r ON r.id = c.robot_id AND r.deleted_at IS NULL
+WHERE c.robot_id = $1
+ORDER BY c.issued_at DESC, c.id
 LIMIT $2 OFFSET $3
 """
-COMMANDS_BY_ID = "SELECT * FROM robot_commands WHERE id = ANY($1::uuid[])"
+COMMANDS_BY_ID = """
+SELECT c.* FROM robot_commands c JOIN robots r ON r.id = c.robot_id AND r.deleted_at IS NULL
+WHERE c.id = ANY($1::uuid[])
+"""
 # One statement per ack kind; RECEIVED acks are applied first, so RECEIVED then SUCCEEDED in one
 # ingest batch moves a command through both. The robot must match: a robot acks only its own.
 APPLY_ACKS = """

@@ -102,7 +102,7 @@ class Context:
         except Unauthenticated as exc:
             self._auth_error = exc
             return None
-        row = await self.db.fetchrow(VIEWER_SQL, str(claims.smith_id), claims.session_id or None)
+        row = await self.db.fetchrow(VIEWER_SQL, str(claims.smith_id), claims.session_id)
         if row is None:
             self._auth_error = Unauthenticated("Session expired or revoked")
             return None

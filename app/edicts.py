@@ -123,7 +123,7 @@ async def add(ctx: Context, edict_input: dict[str, Any]) -> dict[str, Any]:
     async with ctx.db.acquire() as conn, conn.transaction():
         edict = dict(await conn.fetchrow(INSERT_EDICT, *values, viewer.id))
         changes = {"name": edict["name"], "type": edict["type"], "severity": edict["severity"]}
-        await audit.record(conn, ctx, viewer.id, "addEdict", "edict", edict["id"], changes)
+        await audit.record(conn, ctx, viewer.id, "addEdict", "Edict", edict["id"], changes)
     return edict
 
 
@@ -138,7 +138,7 @@ async def update(ctx: Context, edict_id: str, edict_input: dict[str, Any]) -> di
         _check_owner(viewer, current)
         edict = dict(await conn.fetchrow(REPLACE_EDICT, edict_id, *values))
         changes = {"name": edict["name"], "active": edict["active"], "severity": edict["severity"]}
-        await audit.record(conn, ctx, viewer.id, "updateEdict", "edict", edict_id, changes)
+        await audit.record(conn, ctx, viewer.id, "updateEdict", "Edict", edict_id, changes)
     return edict
 
 
@@ -153,5 +153,5 @@ async def deactivate(ctx: Context, edict_id: str) -> dict[str, Any]:
         edict = dict(await conn.fetchrow(DEACTIVATE_EDICT, edict_id))
         resolved = [r["id"] for r in await conn.fetch(RESOLVE_VIOLATIONS, edict_id, viewer.id)]
         changes = {"active": False, "resolvedViolations": resolved}
-        await audit.record(conn, ctx, viewer.id, "deactivateEdict", "edict", edict_id, changes)
+        await audit.record(conn, ctx, viewer.id, "deactivateEdict", "Edict", edict_id, changes)
     return edict

@@ -1,36 +1,61 @@
-"""The executable schema and the Ariadne ASGI app: caches, limits, errors, explorer."""
+"""The executable schema and the Ariadne ASGI app: caches, query limits, GraphQL over HTTP, explorer."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from http import HTTPStatus
 from typing import Any
 
 from ariadne import load_schema_from_path, make_executable_schema
 from ariadne.asgi import GraphQL
 from ariadne.asgi.handlers import GraphQLHTTPHandler, GraphQLTransportWSHandler
+from ariadne.exceptions import HttpError
 from ariadne.explorer import ExplorerGraphiQL, ExplorerHttp405
-from ariadne.validation import cost_validator
+from ariadne.explorer.explorer import Explorer as BaseExplorer
+from ariadne.graphql import graphql
+from ariadne.types import GraphQLResult
+from ariadne.validation.query_cost import CostValidator
 from graphql import (
     DocumentNode,
     FieldNode,
+    FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLObjectType,
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
+    get_named_type,
+    get_nullable_type,
+    get_operation_ast,
+    is_composite_type,
+    is_list_type,
     parse,
     specified_rules,
     validate,
 )
 from graphql.validation import ASTValidationRule, ValidationContext
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.directives import DIRECTIVES
+from app.http_security import (
+    GRAPHQL_RESPONSE_JSON,
+    JSON,
+    Negotiated,
+    graphql_error_body,
+    graphql_error_response,
+    negotiate,
+)
 from app.settings import ROOT, Settings
+from app.validation import DEFAULT_LIMIT, MAX_LIMIT
 
 SCHEMA_DIR = ROOT / "schema"
 EXAMPLES = ROOT / "client-examples" / "graphiql-default.graphql"
@@ -44,24 +69,35 @@ def build_schema() -> GraphQLSchema:
 
 
 class QueryCache:
-    """Parse once per distinct query text, validate once per parsed document (LRU-bounded)."""
+    """Parse once per distinct query text, validate once per parsed document (LRU-bounded).
+    Also where the token limit and the suggestion switch apply, so every parse goes through it;
+    `size=0` turns the caching off."""
 
-    def __init__(self, size: int = 512) -> None:
+    # Longer texts are parsed every time: the cache must not hold hundreds of 1 MiB strings.
+    MAX_CACHED_CHARS = 64 * 1024
+
+    def __init__(
+        self, size: int = 512, *, max_tokens: int | None = None, hide_suggestions: bool = False
+    ) -> None:
         self._size = size
+        self._max_tokens = max_tokens
+        self._hide_suggestions = hide_suggestions
         self._documents: OrderedDict[str, DocumentNode] = OrderedDict()
         self._errors: dict[int, list[GraphQLError]] = {}
 
     def parse(self, _context: Any, data: dict[str, Any]) -> DocumentNode:
         query: str = data["query"]
         document = self._documents.get(query)
-        if document is None:
-            document = parse(query)
+        if document is not None:
+            self._documents.move_to_end(query)
+            return document
+        # Comments are not lexical tokens: they get the same bound on their own.
+        document = parse(query, max_lexical_tokens=self._max_tokens, max_comments=self._max_tokens)
+        if self._size > 0 and len(query) <= self.MAX_CACHED_CHARS:
             self._documents[query] = document
             if len(self._documents) > self._size:
                 _, evicted = self._documents.popitem(last=False)
                 self._errors.pop(id(evicted), None)
-        else:
-            self._documents.move_to_end(query)
         return document
 
     def validate(
@@ -77,15 +113,16 @@ class QueryCache:
         chosen = list(rules) if rules is not None else list(specified_rules)
         standard = [rule for rule in chosen if rule in _SPECIFIED]
         extra = [rule for rule in chosen if rule not in _SPECIFIED]
+        options = {"max_errors": max_errors, "hide_suggestions": self._hide_suggestions}
         key = id(document_ast)
         errors = self._errors.get(key)
         if errors is None:
-            errors = validate(schema, document_ast, rules=standard, max_errors=max_errors)
+            errors = validate(schema, document_ast, rules=standard, **options)
             if self._documents.get(_query_of(document_ast)) is document_ast:
                 self._errors[key] = errors
         if errors or not extra:
             return errors
-        return validate(schema, document_ast, rules=extra, max_errors=max_errors)
+        return validate(schema, document_ast, rules=extra, **options)
 
 
 def _query_of(document: DocumentNode) -> str:
@@ -95,42 +132,83 @@ def _query_of(document: DocumentNode) -> str:
 _SPECIFIED = frozenset(specified_rules)
 
 
+class _FragmentMeasure(ASTValidationRule):
+    """Measures each operation through its fragments, each fragment once (a spread repeated at
+    every level must not make validation itself exponential)."""
+
+    def __init__(self, context: ValidationContext) -> None:
+        super().__init__(context)
+        self._fragments = {
+            d.name.value: d for d in context.document.definitions if isinstance(d, FragmentDefinitionNode)
+        }
+        self._measured: dict[str, int] = {}
+
+    def measure_field(self, field: FieldNode, inner: int) -> int:
+        raise NotImplementedError
+
+    def combine(self, values: list[int]) -> int:
+        raise NotImplementedError
+
+    def measure(self, selection_set: SelectionSetNode | None, visiting: frozenset[str] = frozenset()) -> int:
+        if selection_set is None:
+            return 0
+        values = []
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                values.append(self.measure_field(selection, self.measure(selection.selection_set, visiting)))
+            elif isinstance(selection, InlineFragmentNode):
+                values.append(self.measure(selection.selection_set, visiting))
+            elif isinstance(selection, FragmentSpreadNode):
+                values.append(self._fragment(selection.name.value, visiting))
+        return self.combine(values)
+
+    def _fragment(self, name: str, visiting: frozenset[str]) -> int:
+        if name in self._measured:
+            return self._measured[name]
+        fragment = self._fragments.get(name)
+        if fragment is None or name in visiting:
+            return 0  # unknown or cyclic: the specified rules report those
+        value = self.measure(fragment.selection_set, visiting | {name})
+        self._measured[name] = value
+        return value
+
+
 def depth_limit_rule(max_depth: int) -> type[ASTValidationRule]:
-    class DepthLimit(ASTValidationRule):
-        def __init__(self, context: ValidationContext) -> None:
-            super().__init__(context)
-            self._fragments = {
-                d.name.value: d
-                for d in context.document.definitions
-                if hasattr(d, "selection_set") and not isinstance(d, OperationDefinitionNode)
-            }
+    class DepthLimit(_FragmentMeasure):
+        def measure_field(self, field: FieldNode, inner: int) -> int:
+            return inner + 1 if field.selection_set is not None else 0
+
+        def combine(self, values: list[int]) -> int:
+            return max(values, default=0)
 
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
-            depth = self._depth(node.selection_set, 0, set())
+            depth = self.measure(node.selection_set)
             if depth > max_depth:
                 self.report_error(
                     GraphQLError(f"Query depth {depth} exceeds the maximum of {max_depth}", node)
                 )
 
-        def _depth(self, selection_set: SelectionSetNode | None, level: int, seen: set[str]) -> int:
-            if selection_set is None:
-                return level
-            deepest = level
-            for selection in selection_set.selections:
-                if isinstance(selection, FieldNode):
-                    if selection.selection_set is not None:
-                        deepest = max(deepest, self._depth(selection.selection_set, level + 1, seen))
-                elif isinstance(selection, InlineFragmentNode):
-                    deepest = max(deepest, self._depth(selection.selection_set, level, seen))
-                elif isinstance(selection, FragmentSpreadNode):
-                    name = selection.name.value
-                    fragment = self._fragments.get(name)
-                    if fragment is not None and name not in seen:
-                        inner = self._depth(fragment.selection_set, level, seen | {name})
-                        deepest = max(deepest, inner)
-            return deepest
-
     return DepthLimit
+
+
+def alias_limit_rule(max_aliases: int) -> type[ASTValidationRule]:
+    """Aliases let one small document ask for the same costly field many times over."""
+
+    class AliasLimit(_FragmentMeasure):
+        def measure_field(self, field: FieldNode, inner: int) -> int:
+            return inner + (1 if field.alias is not None else 0)
+
+        def combine(self, values: list[int]) -> int:
+            return sum(values)
+
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            aliases = self.measure(node.selection_set)
+            if aliases > max_aliases:
+                self.report_error(
+                    GraphQLError(f"The operation uses {aliases} aliases; the maximum is {max_aliases}", node)
+                )
+
+    return AliasLimit
 
 
 # Ariadne logs every GraphQL error, user errors included; `error_formatter` already logs the
@@ -139,30 +217,247 @@ _SILENT_ARIADNE_LOGGER = logging.getLogger("sepulki.graphql.ariadne")
 _SILENT_ARIADNE_LOGGER.addHandler(logging.NullHandler())
 _SILENT_ARIADNE_LOGGER.propagate = False
 
-
-# Lists multiply the cost of what they select by their `limit` argument.
-LIST_COST = {"complexity": 1, "multipliers": ["limit"]}
+PAGE_ARGUMENTS = ("limit", "first")
 
 
 def cost_map(schema: GraphQLSchema) -> dict[str, dict[str, Any]]:
+    """Ariadne `cost_map` for every object type: a list of objects costs one per item its parents
+    may return, and a list with a page argument (`limit`, `first`) multiplies the cost of what
+    it selects by its page size, at any depth."""
     costs: dict[str, dict[str, Any]] = {}
-    for root in ("Query",):
-        fields = schema.type_map[root].fields  # type: ignore[union-attr]
-        costs[root] = {name: LIST_COST for name, f in fields.items() if "limit" in f.args}
+    for name, type_ in schema.type_map.items():
+        if name.startswith("__") or not isinstance(type_, GraphQLObjectType):
+            continue
+        fields: dict[str, Any] = {}
+        for field_name, field in type_.fields.items():
+            pages = [arg for arg in PAGE_ARGUMENTS if arg in field.args]
+            if pages:
+                fields[field_name] = {"complexity": 1, "multipliers": pages}
+            elif is_list_type(get_nullable_type(field.type)) and is_composite_type(
+                get_named_type(field.type)
+            ):
+                fields[field_name] = {"complexity": 1}
+        if fields:
+            costs[name] = fields
     return costs
 
 
-class HTTPHandler(GraphQLHTTPHandler):
-    """A request that was executed answers 200 even when a field failed (its errors say why);
-    only requests that could not run (parse or validation errors) answer 400."""
+class PagedCost(CostValidator):
+    """Ariadne's cost analysis, counting the page a list will actually serve: DEFAULT_LIMIT when
+    the page argument is omitted, at most MAX_LIMIT for `limit` (app.validation.page)."""
 
-    async def create_json_response(self, request: Any, result: dict[str, Any], success: bool) -> Response:
-        status = HTTPStatus.OK if success or "data" in result else HTTPStatus.BAD_REQUEST
-        return JSONResponse(result, status_code=status)
+    def get_multipliers_from_string(self, multipliers: list[str], field_args: dict) -> list[int]:
+        args = dict(field_args)
+        for name in multipliers:
+            if args.get(name) is None:
+                args[name] = DEFAULT_LIMIT
+        if isinstance(args.get("limit"), int):
+            args["limit"] = min(args["limit"], MAX_LIMIT)
+        return super().get_multipliers_from_string(multipliers, args)
+
+
+def cost_rule(
+    maximum: int, costs: dict[str, dict[str, Any]], variables: dict[str, Any]
+) -> type[ASTValidationRule]:
+    class QueryCost(PagedCost):
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context, maximum, default_cost=1, variables=variables, cost_map=costs)
+
+    return QueryCost
+
+
+class _Refused(Exception):
+    """A request that is not a well-formed GraphQL-over-HTTP request; answered with `status`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def _parameter_problem(data: Any) -> str | None:
+    """What makes `data` an invalid GraphQL-over-HTTP request, if anything."""
+    if not isinstance(data, dict):
+        return "Each operation must be a JSON object with a query"
+    query = data.get("query")
+    if not isinstance(query, str) or not query.strip():
+        return "The query parameter must be a non-empty string"
+    for name, kind, types in (
+        ("variables", "an object", dict),
+        ("operationName", "a string", str),
+        ("extensions", "an object", dict),
+    ):
+        value = data.get(name)
+        if value is not None and not isinstance(value, types):
+            return f"The {name} parameter must be {kind} or null"
+    return None
+
+
+def _charset(params: str) -> str:
+    """The charset parameter of a Content-Type's parameters; JSON is UTF-8 when none is given."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return "utf-8"
+
+
+def _settle(result: dict[str, Any], negotiated: Negotiated) -> int:
+    """The status of one operation's result.
+
+    Execution started when there is data, or a field error (it has a path) that nulled all of
+    it; parse, validation and variable coercion errors leave neither. A client that asked for
+    application/json gets 200 for every well-formed request (GraphQL over HTTP, legacy clients).
+    One asking for application/graphql-response+json gets 400 and no `data` entry when nothing
+    executed. One that accepts anything (*/*) gets what this API has always answered: 400 when
+    the document did not parse or validate, else 200 (`data: null` after a coercion error)."""
+    errors = result.get("errors") or []
+    executed = result.get("data") is not None or any(error.get("path") for error in errors)
+    if executed or negotiated.legacy:
+        return 200
+    if negotiated.media_type == GRAPHQL_RESPONSE_JSON:
+        result.pop("data", None)
+        return 400
+    return 200 if "data" in result else 400
+
+
+class HTTPHandler(GraphQLHTTPHandler):
+    """GraphQL over HTTP: application/graphql-response+json or application/json by the Accept
+    header; malformed requests 4xx; a request that executed answers 200 even when a field failed
+    (its errors say why); one that could not execute answers 400, or 200 to a client that asked
+    for application/json; mutations over GET 405; batches (JSON arrays) up to the configured cap."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.max_batch = settings.max_batch_operations
+        self.hide_suggestions = settings.production
+
+    async def graphql_http_server(self, request: Request) -> Response:
+        negotiated = negotiate(request.headers.get("accept"))
+        if negotiated is None:
+            return graphql_error_response(
+                406, f"Accept must allow {GRAPHQL_RESPONSE_JSON} or {JSON}", "BAD_USER_INPUT"
+            )
+        media = negotiated.media_type
+        try:
+            data = await self._read(request)
+            if isinstance(data, list):
+                return await self._batch(request, data, negotiated)
+            problem = _parameter_problem(data)
+            if problem:
+                raise _Refused(400, problem)
+            if request.method == "GET" and self._operation_type(data) not in (None, OperationType.QUERY):
+                message = "Only queries may be sent with GET; send mutations with POST"
+                raise _Refused(405, message, {"allow": "POST"})
+        except _Refused as refused:
+            return graphql_error_response(
+                refused.status, refused.message, "BAD_USER_INPUT", media_type=media, headers=refused.headers
+            )
+        _, result = await self.execute_graphql_query(request, data)
+        return self._respond(result, negotiated, _settle(result, negotiated))
+
+    async def _read(self, request: Request) -> Any:
+        if request.method == "GET":
+            try:
+                return self.extract_data_from_get_request(request)
+            except HttpError as error:
+                raise _Refused(400, error.message or "Malformed query string") from error
+        media, _, params = request.headers.get("content-type", "").partition(";")
+        media = media.strip().lower()
+        if media == JSON:
+            if _charset(params) not in {"utf-8", "utf8"}:
+                raise _Refused(415, "JSON request bodies must be UTF-8")
+            body = await request.body()
+            if not body.strip():
+                raise _Refused(400, 'The request body is empty; send {"query": ...}')
+            try:
+                return json.loads(body)
+            except (ValueError, RecursionError) as error:
+                raise _Refused(400, "The request body is not valid JSON") from error
+        if media == "multipart/form-data":
+            try:
+                return await self.extract_data_from_multipart_request(request)
+            except HttpError as error:
+                raise _Refused(400, error.message or "Malformed multipart request") from error
+        raise _Refused(415, f"Send {JSON} (or multipart/form-data for file uploads)")
+
+    async def _batch(self, request: Request, operations: list[Any], negotiated: Negotiated) -> Response:
+        if self.max_batch <= 1:
+            raise _Refused(400, "Batched requests are not accepted: send one operation per request")
+        if not operations or len(operations) > self.max_batch:
+            raise _Refused(400, f"A batch holds 1 to {self.max_batch} operations, not {len(operations)}")
+        results: list[dict[str, Any]] = []
+        status = 400
+        # One after the other: a batch must not take more of the pool than a single request.
+        for operation in operations:
+            problem = _parameter_problem(operation)
+            if problem:
+                results.append(graphql_error_body(problem, "BAD_USER_INPUT"))
+                continue
+            _, result = await self.execute_graphql_query(request, operation)
+            status = min(status, _settle(result, negotiated))
+            results.append(result)
+        return self._respond(results, negotiated, status)
+
+    def _operation_type(self, data: dict[str, Any]) -> OperationType | None:
+        try:
+            document = self.query_parser(None, data) if self.query_parser else parse(data["query"])
+        except GraphQLError:
+            return None  # execution reports the syntax error
+        operation = get_operation_ast(document, data.get("operationName"))
+        return operation.operation if operation else None
+
+    def _respond(self, result: Any, negotiated: Negotiated, status: int) -> Response:
+        return JSONResponse(result, status_code=status, media_type=f"{negotiated.media_type}; charset=utf-8")
+
+    async def execute_graphql_query(
+        self,
+        request: Any,
+        data: Any,
+        *,
+        context_value: Any = None,
+        query_document: DocumentNode | None = None,
+    ) -> GraphQLResult:
+        """Ariadne's, plus `hide_suggestions` for execution (variable coercion) errors."""
+        if context_value is None:
+            context_value = await self.get_context_for_request(request, data)
+        assert self.schema is not None
+        return await graphql(
+            self.schema,
+            data,
+            context_value=context_value,
+            root_value=self.root_value,
+            query_parser=self.query_parser,
+            query_validator=self.query_validator,
+            query_document=query_document,
+            validation_rules=self.validation_rules,
+            require_query=isinstance(request, Request) and request.method == "GET",
+            debug=self.debug,
+            introspection=self.introspection,
+            logger=self.logger,
+            error_formatter=self.error_formatter,
+            extensions=await self.get_extensions_for_request(request, context_value),
+            middleware=await self.get_middleware_for_request(request, context_value),
+            middleware_manager_class=self.middleware_manager_class,
+            execution_context_class=self.execution_context_class,
+            hide_suggestions=self.hide_suggestions,
+        )
+
+    async def render_explorer(self, request: Request, explorer: BaseExplorer) -> Response:
+        response = await super().render_explorer(request, explorer)
+        policy = getattr(explorer, "content_security_policy", None)
+        if policy and response.status_code == 200:
+            response.headers["content-security-policy"] = policy
+        return response
+
+
+EXPLORER_ASSETS = "https://esm.sh"
 
 
 class Explorer(ExplorerGraphiQL):
-    """GraphiQL with example operations and a pre-filled Authorization header to edit."""
+    """GraphiQL with example operations and a pre-filled Authorization header to edit, served
+    with a Content-Security-Policy that admits exactly its inline scripts and its asset host."""
 
     def __init__(self) -> None:
         default_query = EXAMPLES.read_text() if EXAMPLES.exists() else "{ __typename }"
@@ -172,6 +467,27 @@ class Explorer(ExplorerGraphiQL):
             "defaultEditorToolsVisibility: true,",
             f"defaultEditorToolsVisibility: true,\n          initialHeaders: '{headers}',\n"
             "          shouldPersistHeaders: true,",
+        )
+        scripts = re.findall(r"<script[^>]*>(.*?)</script>", self.parsed_html, flags=re.DOTALL)
+        hashes = " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts
+        )
+        self.content_security_policy = "; ".join(
+            [
+                "default-src 'self'",
+                # data: the import map points one module at an empty data: URL.
+                f"script-src 'self' {EXPLORER_ASSETS} data: {hashes}",
+                # GraphiQL's editor injects its styles at run time.
+                f"style-src 'self' 'unsafe-inline' {EXPLORER_ASSETS}",
+                f"font-src 'self' data: {EXPLORER_ASSETS}",
+                "img-src 'self' data: blob:",
+                f"connect-src 'self' {EXPLORER_ASSETS}",
+                f"worker-src 'self' blob: {EXPLORER_ASSETS}",
+                "object-src 'none'",
+                "base-uri 'none'",
+                "form-action 'self'",
+                "frame-ancestors 'none'",
+            ]
         )
 
 
@@ -183,34 +499,31 @@ def create_graphql_app(
     *,
     caches: bool = True,
 ) -> GraphQL:
-    from app.errors import error_formatter
+    from app.errors import make_error_formatter
 
-    cache = QueryCache() if caches else None
-    depth_rule = depth_limit_rule(settings.max_query_depth)
+    cache = QueryCache(
+        512 if caches else 0, max_tokens=settings.max_query_tokens, hide_suggestions=settings.production
+    )
+    limits = [depth_limit_rule(settings.max_query_depth), alias_limit_rule(settings.max_query_aliases)]
     costs = cost_map(schema)
 
     def rules(_context: Any, _document: DocumentNode, data: Any) -> list[type[ASTValidationRule]]:
         variables = data.get("variables") if isinstance(data, dict) else None
-        cost_rule = cost_validator(
-            maximum_cost=settings.max_query_cost,
-            default_cost=1,
-            cost_map=costs,
-            variables=variables if isinstance(variables, dict) else {},
-        )
-        return [depth_rule, cost_rule]
+        variables = variables if isinstance(variables, dict) else {}
+        return [*limits, cost_rule(settings.max_query_cost, costs, variables)]
 
     return GraphQL(
         schema,
         context_value=context_value,
-        query_parser=cache.parse if cache else None,
-        query_validator=cache.validate if cache else None,
+        query_parser=cache.parse,
+        query_validator=cache.validate,
         validation_rules=rules,
         debug=settings.debug,
         introspection=not settings.production,
         explorer=Explorer() if not settings.production else ExplorerHttp405(),
-        error_formatter=error_formatter,
+        error_formatter=make_error_formatter(hide_suggestions=settings.production),
         logger=_SILENT_ARIADNE_LOGGER,
-        http_handler=HTTPHandler(),
+        http_handler=HTTPHandler(settings),
         websocket_handler=websocket_handler,
         execute_get_queries=True,
     )

@@ -127,7 +127,7 @@ async def cast(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any]:
             await conn.execute(MARK_CASTING, sepulka_id)
             ingot = dict(await conn.fetchrow(INSERT_INGOT, sepulka_id, version, build_hash(), viewer.id))
             changes = {"sepulkaId": sepulka_id, "version": version, "buildHash": ingot["build_hash"]}
-            await audit.record(conn, ctx, viewer.id, "castIngot", "ingot", ingot["id"], changes)
+            await audit.record(conn, ctx, viewer.id, "castIngot", "Ingot", ingot["id"], changes)
     except asyncpg.UniqueViolationError:
         # Versions are counted, so an ingot inserted out of band can already hold this one.
         error = Conflict("An ingot with this version already exists", field="sepulkaId")
@@ -193,7 +193,7 @@ async def recall(ctx: Context, viewer: Viewer, fleet_id: str, to_version: str) -
                 await conn.fetchrow(INSERT_DEPLOYMENT, ingot_id, fleet_id, status, details, viewer.id)
             )
             changes = {"deploymentId": deployment["id"], "status": status, **details}
-            await audit.record(conn, ctx, viewer.id, "recallFleet", "fleet", fleet_id, changes)
+            await audit.record(conn, ctx, viewer.id, "recallFleet", "Fleet", fleet_id, changes)
             events = await record_changes(conn, [dict(r) for r in moved])
     except DomainError as exc:
         return {"deployment": None, "errors": [exc.as_payload_error()]}

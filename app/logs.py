@@ -1,6 +1,36 @@
-"""What the logs may carry: emails masked, never passwords, tokens or API keys."""
+"""What the logs may carry: emails masked, never passwords, tokens or API keys.
+
+`RedactingFilter` sits on every handler the command line configures, uvicorn's access log
+included, so a secret that slips into a message, its arguments, a request line's query string
+or a traceback is replaced before anything is written."""
 
 from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MASK = "***"
+
+# Keys whose values are secret, compared lower-cased without `_`/`-` (X-API-Key, new_password):
+# any key ending with one of these, plus changePassword's `old` and `new` arguments.
+SECRET_KEY_SUFFIXES = ("password", "passwd", "token", "secret", "apikey", "authorization", "cookie", "hash")
+SECRET_KEYS = frozenset({"old", "new", "pwd"})
+
+# `key: value`, `key=value`, `"key": "value"`, also JSON inside a JSON string (`\"key\": \"value\"`).
+_KEYED_VALUE = re.compile(
+    r"""(?<![\w-])(?P<name>[A-Za-z_][\w-]*)\\?["']?(?P<sep>\s*[:=]\s*)"""
+    r"""(?P<value>\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\])]+)"""
+)
+_BEARER = re.compile(r"\b(Bearer|Basic)\s+[\w.~+/=-]+", re.IGNORECASE)
+_JWT = re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*")
+_API_KEY = re.compile(r"\b(sk_robot_[a-z0-9]{8})_[\w-]{16,}")
+# Matches start at word boundaries only: a long unbroken string must not cost quadratic time.
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_QUERY_STRING = re.compile(r"\?([^\s\"'#]+)")
 
 
 def mask_email(email: str) -> str:
@@ -9,3 +39,103 @@ def mask_email(email: str) -> str:
     if not at:
         return "***"
     return f"{local[:2]}***@{domain}"
+
+
+def is_secret_key(name: str) -> bool:
+    normal = name.lower().replace("_", "").replace("-", "")
+    return normal in SECRET_KEYS or normal.endswith(SECRET_KEY_SUFFIXES)
+
+
+def _masked(value: str) -> str:
+    if value.startswith('\\"'):
+        return f'\\"{MASK}\\"'
+    if value[0] in "\"'":
+        return f"{value[0]}{MASK}{value[0]}"
+    return MASK
+
+
+def _mask_keyed_values(text: str) -> str:
+    # By hand rather than re.sub: the value of an ordinary key (a JSON string holding a whole
+    # GraphQL document) must be searched for secret keys in turn, not skipped.
+    parts: list[str] = []
+    position = 0
+    while match := _KEYED_VALUE.search(text, position):
+        if is_secret_key(match["name"]):
+            parts += [text[position : match.start("value")], _masked(match["value"])]
+            position = match.end()
+        else:
+            parts.append(text[position : match.end("sep")])
+            position = match.end("sep")
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def _redact_query_string(match: re.Match[str]) -> str:
+    pairs = parse_qsl(match[1], keep_blank_values=True) if "=" in match[1] else []
+    if not pairs:
+        return match[0]
+    cleaned = [(key, MASK if is_secret_key(key) else _redact_text(value)) for key, value in pairs]
+    return "?" + urlencode(cleaned, quote_via=quote, safe="*")
+
+
+def _redact_text(text: str) -> str:
+    text = _BEARER.sub(rf"\1 {MASK}", text)
+    text = _JWT.sub(MASK, text)
+    text = _API_KEY.sub(rf"\1_{MASK}", text)
+    text = _mask_keyed_values(text)
+    return _EMAIL.sub(lambda m: mask_email(m[0]), text)
+
+
+def redact(text: str) -> str:
+    """`text` without secret values (by key, Bearer credentials, JWTs, API keys), with emails
+    masked; query strings are decoded first, so URL-encoded variables are covered too."""
+    if "?" in text:
+        text = _QUERY_STRING.sub(_redact_query_string, text)
+    return _redact_text(text)
+
+
+def _redact_arg(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record before its handler formats it; never drops one."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            # uvicorn's AccessFormatter reads the arguments by position: keep their shape.
+            record.args = tuple(_redact_arg(arg) for arg in record.args)
+        else:
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed logging call is logging's to report, not ours
+                return True
+            record.msg, record.args = redact(message), None
+        if record.exc_info:
+            # A formatter caches the traceback text on the record: redact whichever copy exists.
+            text = record.exc_text or self._formatter.formatException(record.exc_info)
+            record.exc_text = redact(text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def configure(level: str | int = "INFO") -> None:
+    """Root logging for the command line, every handler behind a `RedactingFilter`."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging configuration with the filter on its handlers (access log included)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": RedactingFilter}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["redact"]
+    return config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -18,8 +20,14 @@ from app.settings import Settings
 log = logging.getLogger("sepulki.mail")
 
 
+class MailError(Exception):
+    """A mail could not be handed over; the message names the cause, never the mail's content."""
+
+
 class Mailer(Protocol):
-    async def send(self, to: str, subject: str, body: str) -> None: ...
+    async def send(self, to: str, subject: str, body: str) -> None:
+        """Hands the mail over for delivery; raises `MailError` when that fails."""
+        ...
 
 
 def _message(sender: str, to: str, subject: str, body: str) -> EmailMessage:
@@ -27,7 +35,10 @@ def _message(sender: str, to: str, subject: str, body: str) -> EmailMessage:
     message["From"] = sender
     message["To"] = to
     message["Subject"] = subject
-    message.set_content(body)
+    # Plain ASCII stays as written, so that a link is one unbroken line in a .eml file too;
+    # other text is quoted-printable, which every mail client decodes.
+    plain = body.isascii() and all(len(line) <= 998 for line in body.splitlines())
+    message.set_content(body, cte="7bit" if plain else "quoted-printable")
     return message
 
 
@@ -51,7 +62,12 @@ class SmtpMailer:
         }
 
     async def send(self, to: str, subject: str, body: str) -> None:
-        await aiosmtplib.send(_message(self._sender, to, subject, body), **self._options)
+        try:
+            await aiosmtplib.send(_message(self._sender, to, subject, body), **self._options)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # The server's reply may quote the recipient: only the kind of failure is kept.
+            log.warning("mail %r to %s failed: %s", subject, mask_email(to), type(exc).__name__)
+            raise MailError(f"SMTP delivery failed ({type(exc).__name__})") from None
         log.info("mail %r sent to %s", subject, mask_email(to))
 
 
@@ -64,15 +80,19 @@ class FileMailer:
         self._sender = sender
 
     async def send(self, to: str, subject: str, body: str) -> None:
-        path = self._directory / f"{time.time_ns()}.eml"
+        path = self._directory / f"{time.time_ns()}-{secrets.token_hex(4)}.eml"
         data = bytes(_message(self._sender, to, subject, body))
-        await asyncio.to_thread(self._write, path, data)
+        try:
+            await asyncio.to_thread(self._write, path, data)
+        except OSError as exc:
+            raise MailError(f"writing the mail failed ({type(exc).__name__})") from None
         log.info("mail %r to %s written to %s", subject, mask_email(to), path)
 
-
     def _write(self, path: Path, data: bytes) -> None:
-        self._directory.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        # Mails carry sign-up and reset links: readable by the service's user only.
+        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            file.write(data)
 
 
 def create_mailer(settings: Settings) -> Mailer:

@@ -51,12 +51,13 @@ import json
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from inspect import isawaitable
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import asyncpg
 from ariadne.asgi.handlers import GraphQLTransportWSHandler
 from ariadne.asgi.handlers.graphql_transport_ws import ClientContext
 from ariadne.graphql import parse_query, subscribe, validate_data
@@ -68,12 +69,12 @@ from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingO
 from graphql.language import OperationType
 from starlette.websockets import WebSocket, WebSocketState
 
-from app import eventlog
+from app import eventlog, sessions
 from app.context import Context, Services, Viewer, token_from_init_payload
 from app.db import Pool
 from app.errors import DomainError, Invalid, Unauthenticated
 from app.loaders import Loaders
-from app.pubsub import BACK, DEFAULT_QUEUE_SIZE, LOST, Event, Events, SubscriberOverflow
+from app.pubsub import BACK, DEFAULT_QUEUE_SIZE, LOST, Event, Events, SubscriberOverflow, channels
 
 log = logging.getLogger("sepulki.realtime")
 
@@ -397,17 +398,120 @@ class _EventIdSocket:
 
 
 _EXPIRY_TIMER = "sepulki.expiry_timer"
+_SESSION_SOCKET = "sepulki.session_socket"
+SESSION_REVOKED = "Session revoked"
+
+
+class _SessionSocket:
+    """A signed-in socket, filed under the id of the session its token belongs to."""
+
+    __slots__ = ("answered", "client_context", "revoked", "session_id", "websocket")
+
+    def __init__(self, websocket: WebSocket, client_context: ClientContext, session_id: str) -> None:
+        self.websocket = websocket
+        self.client_context = client_context
+        self.session_id = session_id
+        # Set once `connection_init` is answered: a revocation closes the socket after that,
+        # never in the middle of the handshake.
+        self.answered = asyncio.Event()
+        self.revoked = False
+
+
+class SessionSockets:
+    """The signed-in sockets of this process by session id, closed when their session is revoked.
+
+    Revocations arrive on `channels.SESSIONS_REVOKED` (app.sessions announces them after the
+    commit) from this replica or any other sharing Redis; one listener per process runs while a
+    signed-in socket is open. Where messages may have been missed (BACK after LOST, or the
+    listener's queue overflowing), the session of every open socket is checked again in
+    PostgreSQL. A session revoked without an announcement (plain SQL) is only noticed then."""
+
+    def __init__(self, close: Callable[[_SessionSocket], Awaitable[None]]) -> None:
+        self._close = close
+        self._sockets: dict[str, set[_SessionSocket]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def add(self, services: Services, entry: _SessionSocket) -> None:
+        """Files the socket; returns once a revocation announced from now on reaches it (or once
+        the transport is known to be down, in which case the check at BACK covers it)."""
+        self._sockets.setdefault(entry.session_id, set()).add(entry)
+        if self._listener is None or self._listener.done():
+            self._listening = asyncio.Event()
+            self._listener = asyncio.create_task(
+                self._listen(services, self._listening), name="ws:sessions-revoked"
+            )
+        await self._listening.wait()
+
+    def discard(self, entry: _SessionSocket) -> None:
+        entries = self._sockets.get(entry.session_id)
+        if entries is not None:
+            entries.discard(entry)
+            if not entries:
+                del self._sockets[entry.session_id]
+        if not self._sockets and self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+    def revoke(self, session_ids: list[str]) -> None:
+        """Closes (4403, "Session revoked") every socket of these sessions."""
+        for session_id in session_ids:
+            for entry in list(self._sockets.get(str(session_id), ())):
+                if not entry.revoked:
+                    entry.revoked = True
+                    task = asyncio.create_task(self._close_when_answered(entry))
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+
+    async def _close_when_answered(self, entry: _SessionSocket) -> None:
+        await entry.answered.wait()
+        await self._close(entry)
+
+    async def _listen(self, services: Services, listening: asyncio.Event) -> None:
+        stale = False
+        try:
+            while True:
+                try:
+                    async with services.events.listen(channels.SESSIONS_REVOKED) as subscriber:
+                        listening.set()
+                        if stale:
+                            await self._recheck(services)
+                        async for item in subscriber:
+                            if isinstance(item, Event):
+                                self.revoke(list(item.data.get("sessionIds") or []))
+                            elif item is BACK:
+                                await self._recheck(services)
+                except SubscriberOverflow:
+                    log.warning("the session revocation listener fell behind; re-checking open sockets")
+                    stale = True
+                except Exception:
+                    log.exception("the session revocation listener failed; restarting it")
+                    stale = True
+                    await asyncio.sleep(1.0)
+        finally:
+            listening.set()
+
+    async def _recheck(self, services: Services) -> None:
+        try:
+            live = await sessions.live_session_ids(services.db, list(self._sockets))
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("re-checking the sessions of open websockets failed: %r", exc)
+            return
+        self.revoke([session_id for session_id in self._sockets if session_id not in live])
 
 
 class AuthenticatingWSHandler(GraphQLTransportWSHandler):
     """graphql-transport-ws that refuses a socket whose `connection_init` token is forged, expired
     or revoked: closed with 4403 at once, rather than failing each later subscribe. No token at
     all is an anonymous socket, which may still use the public fields. A signed-in socket is
-    closed with 4403 when its token expires, since the viewer is not re-checked per event."""
+    closed with 4403 when its token expires ("Token expired"), since the viewer is not re-checked
+    per event, and when its session is revoked ("Session revoked", see SessionSockets)."""
 
     def __init__(self, services: Callable[[], Services | None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._services = services
+        self.sessions = SessionSockets(self._close_revoked)
 
     async def handle_websocket(self, websocket: WebSocket) -> None:
         try:
@@ -416,6 +520,9 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
             timer = websocket.scope.pop(_EXPIRY_TIMER, None)
             if timer is not None:
                 timer.cancel()
+            entry = websocket.scope.pop(_SESSION_SOCKET, None)
+            if entry is not None:
+                self.sessions.discard(entry)
 
     async def handle_websocket_subscribe(
         self,
@@ -504,30 +611,42 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         if client_context.connection_init_timeout_task is not None:
             client_context.connection_init_timeout_task.cancel()
         token = token_from_init_payload(message.get("payload"))
-        expires_at: int | None = None
-        if token is not None:
-            verdict = await self._verify(websocket, token)
-            if isinstance(verdict, tuple):
-                client_context.connection_init_received = True
-                await websocket.close(code=verdict[0], reason=verdict[1])
-                return
-            expires_at = verdict
-        # The parent runs on_connect (which keeps the token in the scope) and sends connection_ack.
-        await super().handle_websocket_connection_init_message(websocket, message, client_context)
-        if expires_at is not None and client_context.connection_acknowledged:
-            websocket.scope[_EXPIRY_TIMER] = asyncio.create_task(
-                self._close_at_expiry(websocket, client_context, expires_at)
-            )
+        try:
+            expires_at: int | None = None
+            if token is not None:
+                verdict = await self._verify(websocket, client_context, token)
+                if isinstance(verdict, tuple):
+                    client_context.connection_init_received = True
+                    await websocket.close(code=verdict[0], reason=verdict[1])
+                    return
+                expires_at = verdict
+            # The parent runs on_connect (which keeps the token in the scope) and sends connection_ack.
+            await super().handle_websocket_connection_init_message(websocket, message, client_context)
+            if expires_at is not None and client_context.connection_acknowledged:
+                websocket.scope[_EXPIRY_TIMER] = asyncio.create_task(
+                    self._close_at_expiry(websocket, client_context, expires_at)
+                )
+        finally:
+            entry = websocket.scope.get(_SESSION_SOCKET)
+            if entry is not None:
+                entry.answered.set()
 
-    async def _verify(self, websocket: WebSocket, token: str) -> int | tuple[int, str]:
+    async def _verify(
+        self, websocket: WebSocket, client_context: ClientContext, token: str
+    ) -> int | tuple[int, str]:
         """The token's expiry (epoch seconds), or the close code and reason refusing it."""
         services = self._services()
         if services is None:
             return 1013, "Starting, try again later"
         try:
-            expires_at = services.tokens.verify(token).expires_at
+            claims = services.tokens.verify(token)
         except Unauthenticated:
             return 4403, "Forbidden"
+        # Filed and watched before the session is checked: a revocation committed after the
+        # check is announced to a listener that already knows this socket.
+        entry = _SessionSocket(websocket, client_context, claims.session_id)
+        websocket.scope[_SESSION_SOCKET] = entry
+        await self.sessions.add(services, entry)
         # The same check an HTTP request gets, which also asks whether the session is still live.
         context = Context(services, websocket, token, Loaders(services.db))
         try:
@@ -535,14 +654,23 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         except Exception:
             log.exception("websocket authentication failed")
             return 1011, "Internal server error"
-        return expires_at if viewer is not None else (4403, "Forbidden")
+        return claims.expires_at if viewer is not None else (4403, "Forbidden")
 
     async def _close_at_expiry(
         self, websocket: WebSocket, client_context: ClientContext, expires_at: int
     ) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
+        await self._shut(websocket, client_context, "Token expired")
+
+    async def _close_revoked(self, entry: _SessionSocket) -> None:
+        await self._shut(entry.websocket, entry.client_context, SESSION_REVOKED)
+
+    async def _shut(self, websocket: WebSocket, client_context: ClientContext, reason: str) -> None:
+        """Closes a signed-in socket with 4403 and `reason`."""
         # Operations stop first: a result sent after the close would fail inside Ariadne's tasks.
         for operation_id in list(client_context.operations):
             await self.stop_websocket_operation(websocket, operation_id, client_context)
         if WebSocketState.DISCONNECTED not in (websocket.client_state, websocket.application_state):
-            await websocket.close(code=4403, reason="Token expired")
+            # The client may be gone meanwhile: nothing left to tell it.
+            with contextlib.suppress(RuntimeError, OSError):
+                await websocket.close(code=4403, reason=reason)

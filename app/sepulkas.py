@@ -98,7 +98,7 @@ async def forge(ctx: Context, viewer: Viewer, data: dict[str, Any]) -> dict[str,
             )
             await conn.execute(INSERT_SEPULKA_ALLOYS, row["id"], alloy_ids)
             changes = {"name": name, "patternId": pattern_id, "alloyIds": alloy_ids}
-            await audit.record(conn, ctx, viewer.id, "forgeSepulka", "sepulka", row["id"], changes)
+            await audit.record(conn, ctx, viewer.id, "forgeSepulka", "Sepulka", row["id"], changes)
     except asyncpg.ForeignKeyViolationError:
         # A pattern or alloy removed between the check and the insert.
         return {"sepulka": None, "errors": [NotFound("Pattern or alloy no longer exists").as_payload_error()]}
@@ -118,7 +118,7 @@ async def delete(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any
             if await conn.fetchval(SEPULKA_IN_USE, sepulka_id):
                 raise Conflict("Sepulka is in use by robots or has deployed ingots", field="id")
             await conn.execute(SOFT_DELETE_SEPULKA, sepulka_id)
-            await audit.record(conn, ctx, viewer.id, "deleteSepulka", "sepulka", sepulka_id, None)
+            await audit.record(conn, ctx, viewer.id, "deleteSepulka", "Sepulka", sepulka_id, None)
     except DomainError as exc:
         return {"success": False, "errors": [exc.as_payload_error()]}
     return {"success": True, "errors": None}

@@ -20,10 +20,11 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from app import db, http_ingest, runtime, seed, sse
+from app import db, floors, http_ingest, runtime, seed, sse
 from app.context import Context, Services, bearer_token, token_from_init_payload
 from app.embedded import EmbeddedPostgres
 from app.graphql_app import build_schema, create_graphql_app
+from app.http_security import BodySizeLimit, RequestRateLimit, SecurityHeaders
 from app.ingest.metrics import metrics_endpoint
 from app.loaders import Loaders
 from app.mail import create_mailer
@@ -139,7 +140,9 @@ def create_app(
         *sse.routes(),
         Mount("/uploads", StaticFiles(directory=Path(uploads_dir), check_dir=False), name="uploads"),
     ]
+    # Outermost first: every answer, refusals included, carries the security and CORS headers.
     middleware = [
+        Middleware(SecurityHeaders, production=settings.production),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
@@ -155,6 +158,18 @@ def create_app(
             max_age=600,
         ),
         Middleware(GZipMiddleware, minimum_size=1024),
+        Middleware(
+            RequestRateLimit,
+            limiter=lambda: holder.services.limiter if holder.services else None,
+            paths=["/graphql"],
+        ),
+        Middleware(
+            BodySizeLimit,
+            limit=settings.max_body_bytes,
+            # An upload may carry the largest file a field accepts (blueprints) plus the operation.
+            upload_limit=floors.MAX_BLUEPRINT_BYTES + settings.max_body_bytes,
+            paths=["/graphql"],
+        ),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.services_holder = holder

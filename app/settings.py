@@ -46,7 +46,7 @@ class Settings:
     # Where links in mails point (the web frontend), e.g. https://fleet.example.com
     public_url: str = "http://localhost:3000"
     # smtp://user:pass@host:587 (STARTTLS), smtps://...:465 (TLS), smtp+plain://host:25 (no TLS).
-    # None: mails are written to the log (development).
+    # None: mails are written as .eml files under data_dir/mail (development).
     smtp_url: str | None = None
     mail_from: str = "Sepulki Hammer <no-reply@sepulki.local>"
     # limits storage: memory:// (one process) or async+redis://host:6379 (shared by replicas).

@@ -26,15 +26,19 @@ ORDER BY t.created_at DESC, t.id
 LIMIT $5 OFFSET $6
 """
 TASKS_BY_ID = "SELECT * FROM tasks WHERE id = ANY($1::uuid[]) AND deleted_at IS NULL"
+# A run is shown while its task and its robot are: a deleted one takes its runs out of sight too.
 RUNS = """
-SELECT * FROM runs
-WHERE ($1::uuid IS NULL OR task_id = $1::uuid) AND ($2::uuid IS NULL OR robot_id = $2::uuid)
-ORDER BY started_at NULLS LAST, created_at, id
+SELECT ru.* FROM runs ru
+JOIN tasks t ON t.id = ru.task_id AND t.deleted_at IS NULL
+JOIN robots r ON r.id = ru.robot_id AND r.deleted_at IS NULL
+WHERE ($1::uuid IS NULL OR ru.task_id = $1::uuid) AND ($2::uuid IS NULL OR ru.robot_id = $2::uuid)
+ORDER BY ru.started_at NULLS LAST, ru.created_at, ru.id
 LIMIT $3 OFFSET $4
 """
 RUNS_BY_TASK_ID = """
-SELECT * FROM runs WHERE task_id = ANY($1::uuid[])
-ORDER BY started_at NULLS LAST, created_at, id
+SELECT ru.* FROM runs ru JOIN robots r ON r.id = ru.robot_id AND r.deleted_at IS NULL
+WHERE ru.task_id = ANY($1::uuid[])
+ORDER BY ru.started_at NULLS LAST, ru.created_at, ru.id
 """
 ROBOTS_BY_TASK_ID = """
 SELECT tr.task_id AS assigned_task_id, r.*
@@ -184,7 +188,7 @@ async def dispatch(ctx: Context, fleet_id: str, task_input: dict[str, Any]) -> d
                 ttl_s=ctx.services.settings.command_ttl_s,
             )
             changes = {"fleetId": fleet_id, "robotId": robot["id"], "runId": run["id"], "name": name}
-            await audit.record(conn, ctx, viewer.id, "dispatchTask", "task", task["id"], changes)
+            await audit.record(conn, ctx, viewer.id, "dispatchTask", "Task", task["id"], changes)
             events = [await record(conn, channels.task(fleet_id), task)]
             if started is not None:
                 # A robot that was already WORKING did not change, so there is nothing to announce.
@@ -211,7 +215,7 @@ async def cancel(ctx: Context, task_id: str) -> dict[str, Any]:
         released = [dict(r) for r in await conn.fetch(RELEASE_ROBOTS, task_id)]
         await conn.execute(CLEAR_ACTIVE_TASK, task_id)
         changes = {"from": current["status"], "releasedRobots": [r["id"] for r in released]}
-        await audit.record(conn, ctx, viewer.id, "cancelTask", "task", task_id, changes)
+        await audit.record(conn, ctx, viewer.id, "cancelTask", "Task", task_id, changes)
         events = [await record(conn, channels.task(task["fleet_id"]), task)]
         events += [await record(conn, channels.robot(r["id"]), r) for r in released]
     await ctx.events.publish_recorded(events)

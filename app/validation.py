@@ -43,10 +43,18 @@ def finite(value: float | None, field: str, *, low: float | None = None, high: f
         raise Invalid(f"{field} must be between {low} and {high}, got {value}", field=field)
 
 
+def storable_text(value: str | None, field: str) -> str | None:
+    """PostgreSQL text cannot hold NUL characters: refused as the client's error, not a crash."""
+    if value is not None and "\x00" in value:
+        raise Invalid(f"{field} must not contain NUL (\\u0000) characters", field=field)
+    return value
+
+
 def required_text(value: str | None, field: str, *, max_length: int = 200) -> str:
     text = (value or "").strip()
     if not text:
         raise Invalid(f"{field} is required", field=field)
     if len(text) > max_length:
         raise Invalid(f"{field} must be at most {max_length} characters", field=field)
+    storable_text(text, field)
     return text

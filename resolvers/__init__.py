@@ -7,6 +7,7 @@ from ariadne import SchemaBindable
 from resolvers import (
     accounts,
     apikeys,
+    audit,
     bellows,
     catalog,
     commands,
@@ -40,4 +41,5 @@ bindables: list[SchemaBindable] = [
     *subscriptions.bindables,
     *apikeys.bindables,
     *commands.bindables,
+    *audit.bindables,
 ]

@@ -19,6 +19,12 @@ async def resolve_me(_: Any, info: GraphQLResolveInfo) -> dict[str, Any] | None:
     return await smiths.me(info.context, viewer)
 
 
+@query.field("mySessions")
+async def resolve_my_sessions(_: Any, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+    viewer = await info.context.require()
+    return await sessions.my_sessions(info.context, viewer)
+
+
 @mutation.field("login")
 async def resolve_login(_: Any, info: GraphQLResolveInfo, credentials: dict) -> dict[str, Any]:
     return await sessions.login(info.context, credentials["email"], credentials["password"])
@@ -33,6 +39,12 @@ async def resolve_refresh_token(_: Any, info: GraphQLResolveInfo, refresh_token:
 async def resolve_logout(_: Any, info: GraphQLResolveInfo) -> bool:
     viewer = await info.context.require()
     return await sessions.logout(info.context, viewer)
+
+
+@mutation.field("revokeSession")
+async def resolve_revoke_session(_: Any, info: GraphQLResolveInfo, id: str) -> bool:
+    viewer = await info.context.require()
+    return await sessions.revoke(info.context, viewer, id)
 
 
 bindables = [query, mutation]

@@ -14,6 +14,7 @@ import pytest
 from app import db, seed
 from app.security import Passwords
 from app.settings import Settings
+from tests.mailsink import SmtpSink
 from tests.servers import MosquittoServer, PostgresServer, RedisServer
 from tests.support import Api
 
@@ -67,6 +68,9 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         seed_on_start=False,
         db_pool_min=1,
         db_pool_max=5,
+        # Each app counts its own attempts, even when a test moves the event bus to the shared
+        # Redis; tests of the Redis-backed limits set this themselves.
+        rate_limit_storage_url="async+memory://",
     )
 
 
@@ -116,3 +120,13 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
     """The application on a fresh copy of the seeded database, with its lifespan running."""
     async with Api.running(settings) as running:
         yield running
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
