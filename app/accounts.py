@@ -26,7 +26,7 @@ from app.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Rate
 from app.logs import mask_email
 from app.mail import Mailer, MailError
 from app.pubsub import Recorded
-from app.sessions import announce, revoke_smith_sessions, sign_in
+from app.sessions import announce, permissions_changed, revoke_smith_sessions, sign_in
 from app.smiths import SMITH_BY_EMAIL, SMITH_COLUMNS, smith_view
 from app.validation import parse_id, required_text
 
@@ -413,13 +413,16 @@ async def update_role(ctx: Context, viewer: Viewer, smith_id: str, role: str) ->
         _check_admin_change(viewer, target["role"], role)
         row: Any = target
         changes: dict[str, Any] = {"role": {"from": target["role"], "to": role}}
+        changed = None
         if role != target["role"]:
             if role != "ADMIN":
                 _check_admin_remains(target, admins)
             row = await conn.fetchrow(SET_ROLE, smith_id, role)
             changes["droppedGrants"] = target["permissions"]
+            changed = await permissions_changed(conn, smith_id)
         await audit.record(conn, ctx, viewer.id, "updateSmithRole", "Smith", smith_id, changes)
-    # Nothing else to do: the viewer's role and permissions are read from the database per request.
+    # HTTP requests read the role per request; open websockets close and reconnect to pick it up.
+    await announce(ctx.events, changed)
     return smith_view(row)
 
 

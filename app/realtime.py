@@ -405,7 +405,7 @@ SESSION_REVOKED = "Session revoked"
 class _SessionSocket:
     """A signed-in socket, filed under the id of the session its token belongs to."""
 
-    __slots__ = ("answered", "client_context", "revoked", "session_id", "websocket")
+    __slots__ = ("answered", "client_context", "reason", "revoked", "session_id", "websocket")
 
     def __init__(self, websocket: WebSocket, client_context: ClientContext, session_id: str) -> None:
         self.websocket = websocket
@@ -415,6 +415,7 @@ class _SessionSocket:
         # never in the middle of the handshake.
         self.answered = asyncio.Event()
         self.revoked = False
+        self.reason = SESSION_REVOKED
 
 
 class SessionSockets:
@@ -454,12 +455,13 @@ class SessionSockets:
             self._listener.cancel()
             self._listener = None
 
-    def revoke(self, session_ids: list[str]) -> None:
-        """Closes (4403, "Session revoked") every socket of these sessions."""
+    def revoke(self, session_ids: list[str], reason: str = SESSION_REVOKED) -> None:
+        """Closes (4403, `reason`) every socket of these sessions."""
         for session_id in session_ids:
             for entry in list(self._sockets.get(str(session_id), ())):
                 if not entry.revoked:
                     entry.revoked = True
+                    entry.reason = reason
                     task = asyncio.create_task(self._close_when_answered(entry))
                     self._closing.add(task)
                     task.add_done_callback(self._closing.discard)
@@ -479,7 +481,11 @@ class SessionSockets:
                             await self._recheck(services)
                         async for item in subscriber:
                             if isinstance(item, Event):
-                                self.revoke(list(item.data.get("sessionIds") or []))
+                                data = item.data
+                                self.revoke(
+                                    list(data.get("sessionIds") or []),
+                                    str(data.get("reason") or SESSION_REVOKED),
+                                )
                             elif item is BACK:
                                 await self._recheck(services)
                 except SubscriberOverflow:
@@ -663,7 +669,7 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         await self._shut(websocket, client_context, "Token expired")
 
     async def _close_revoked(self, entry: _SessionSocket) -> None:
-        await self._shut(entry.websocket, entry.client_context, SESSION_REVOKED)
+        await self._shut(entry.websocket, entry.client_context, entry.reason)
 
     async def _shut(self, websocket: WebSocket, client_context: ClientContext, reason: str) -> None:
         """Closes a signed-in socket with 4403 and `reason`."""

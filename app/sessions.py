@@ -5,10 +5,12 @@ so that the session's websockets close; app.realtime listens). docs/sessions.md 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +18,7 @@ import asyncpg
 from limits import parse
 
 from app import audit
-from app.context import Context, Viewer
+from app.context import Context, Services, Viewer
 from app.db import Pool
 from app.errors import Invalid, NotFound, RateLimited
 from app.logs import mask_email
@@ -108,6 +110,24 @@ async def _revoke_session(
 async def announce(events: Events, revoked: Recorded | None) -> None:
     if revoked is not None:
         await events.publish_recorded([revoked])
+
+
+SMITH_LIVE_SESSIONS = """
+SELECT id FROM sessions WHERE smith_id = $1 AND revoked_at IS NULL AND expires_at > now()
+"""
+PERMISSIONS_CHANGED = "Permissions changed"
+
+
+async def permissions_changed(conn: asyncpg.Connection, smith_id: str) -> Recorded | None:
+    """Records, in the caller's transaction, that the smith's open websockets must close (publish
+    with `announce`): their subscriptions were authorized with the old permissions. HTTP requests
+    need nothing, they read the permissions per request; clients reconnect and are authorized anew."""
+    ids = [row["id"] for row in await conn.fetch(SMITH_LIVE_SESSIONS, smith_id)]
+    if not ids:
+        return None
+    return await record(
+        conn, [channels.SESSIONS_REVOKED], {"sessionIds": ids, "reason": PERMISSIONS_CHANGED}
+    )
 
 
 async def live_session_ids(pool: Pool, session_ids: list[str]) -> set[str]:
@@ -289,3 +309,48 @@ async def revoke(ctx: Context, viewer: Viewer, session_id: str) -> bool:
         )
     await announce(ctx.events, revoked)
     return True
+
+
+# -- housekeeping -------------------------------------------------------------------------
+
+# Ended sessions stay this long (revoked ones show who signed out when), then go with the refresh
+# tokens retired from them; spent or expired reset tokens go after a day.
+ENDED_SESSION_KEEP_S = 30 * 24 * 3600
+PRUNE_SESSIONS = """
+DELETE FROM sessions
+WHERE coalesce(revoked_at, expires_at) < now() - make_interval(secs => $1)
+  AND (revoked_at IS NOT NULL OR expires_at < now())
+"""
+PRUNE_RESETS = """
+DELETE FROM password_resets WHERE coalesce(used_at, expires_at) < now() - interval '1 day'
+"""
+
+
+async def prune(pool: Pool, keep_s: float = ENDED_SESSION_KEEP_S) -> tuple[int, int]:
+    """Deletes long-ended sessions (their retired refresh tokens cascade) and spent reset tokens."""
+    sessions_status: str = await pool.execute(PRUNE_SESSIONS, float(keep_s))
+    resets_status: str = await pool.execute(PRUNE_RESETS)
+    return int(sessions_status.split()[-1]), int(resets_status.split()[-1])
+
+
+@contextlib.asynccontextmanager
+async def housekeeping(services: Services, every_s: float = 3600.0) -> AsyncIterator[None]:
+    """Component: prunes ended sessions hourly. Replicas may all run it: DELETE is idempotent."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                deleted = await prune(services.db)
+                if any(deleted):
+                    log.info("pruned %d ended sessions and %d spent reset tokens", *deleted)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("session pruning failed: %r", exc)
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(loop(), name="session-housekeeping")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -542,3 +542,30 @@ async def test_a_deactivated_smith_is_signed_out_everywhere_at_once(settings: Se
         assert await api.services.db.fetchval(
             "SELECT deactivated_at IS NOT NULL FROM smiths WHERE id = $1", leaver_id
         )
+
+
+async def test_a_demoted_supervisor_loses_the_streams_the_new_role_may_not_see(settings: Settings) -> None:
+    breaches = "subscription { policyBreaches { id severity } }"
+    async with serving(settings) as live:
+        api = live.api
+        supervisor = await api.create_smith("night@fleet.example", "OVER_SMITH", password="pw-123456789")
+        session = await login(api, supervisor)
+        assert session is not None
+        supervisor_id = (await api.data(ME, token=session["token"]))["me"]["id"]
+        init = {"authorization": f"Bearer {session['token']}"}
+        async with subscribe(live.ws_url, breaches, init=init) as alerts:
+            await live.listening(channels.BREACHES)
+
+            demoted = (await api.data(ROLE, {"id": supervisor_id, "role": "SMITH"}))["updateSmithRole"]
+            assert demoted["errors"] is None
+
+            # The subscription was authorized under the old role: its socket closes.
+            with pytest.raises(ConnectionClosed) as closed:
+                await alerts.next(timeout=10)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4403, "Permissions changed")
+
+        # The session itself lives on; subscribing again is judged by the new role.
+        assert (await api.data(ME, token=session["token"]))["me"]["id"] == supervisor_id
+        async with subscribe(live.ws_url, breaches, init=init) as again:
+            assert [e["extensions"]["code"] for e in await again.errors()] == ["FORBIDDEN"]

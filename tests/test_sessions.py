@@ -15,6 +15,7 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from app import sessions
 from app.pubsub import channels
 from app.sessions import announce, revoke_smith_sessions
 from app.settings import Settings
@@ -207,6 +208,34 @@ async def test_my_sessions_lists_the_live_ones_and_marks_the_current(api: Api) -
     assert all(s["userAgent"].startswith("python-httpx") for s in listed)
     assert all(s["expiresAt"] > s["lastUsedAt"] >= s["createdAt"] for s in listed)
     assert await api.error_codes(MY_SESSIONS, as_=None) == ["UNAUTHENTICATED"]
+
+
+async def test_long_ended_sessions_are_pruned_with_their_retired_tokens(api: Api) -> None:
+    live = await sign_in(api)
+    old_logout = await sign_in(api)
+    recent_logout = await sign_in(api)
+    long_expired = await sign_in(api)
+    await refresh(api, old_logout["refreshToken"])  # leaves a retired token behind
+    db = api.services.db
+    await db.execute(
+        "UPDATE sessions SET revoked_at = now() - interval '31 days' WHERE id = $1", old_logout["id"]
+    )
+    await db.execute(
+        "UPDATE sessions SET revoked_at = now() - interval '1 day' WHERE id = $1", recent_logout["id"]
+    )
+    await db.execute(
+        "UPDATE sessions SET expires_at = now() - interval '31 days' WHERE id = $1", long_expired["id"]
+    )
+
+    assert await sessions.prune(db) == (2, 0)
+
+    remaining = {r["id"] for r in await db.fetch("SELECT id FROM sessions")}
+    assert {live["id"], recent_logout["id"]} <= remaining
+    assert not {old_logout["id"], long_expired["id"]} & remaining
+    assert await db.fetchval(
+        "SELECT count(*) FROM retired_refresh_tokens WHERE session_id = $1", old_logout["id"]
+    ) == 0
+    assert (await api.data("{ me { id } }", token=live["token"]))["me"]["id"] == DEV_ID
 
 
 async def test_a_smith_revokes_one_of_their_other_sessions(api: Api) -> None:
