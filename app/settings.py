@@ -78,6 +78,8 @@ class Settings:
     ingest_batch_size: int = 1000
     ingest_batch_ms: int = 25
     ingest_max_payload_bytes: int = 65536
+    # GET /metrics of a standalone `sepulki ingest` on host:this port (0: not served).
+    metrics_port: int = 9464
     command_ttl_s: int = 300
     command_ack_timeout_s: int = 30
     # Per-subscription queue bound; a subscription this far behind is ended (it resumes with `after`).
@@ -146,6 +148,7 @@ class Settings:
             ingest_batch_size=int(get("INGEST_BATCH_SIZE", "1000")),
             ingest_batch_ms=int(get("INGEST_BATCH_MS", "25")),
             ingest_max_payload_bytes=int(get("INGEST_MAX_PAYLOAD_BYTES", "65536")),
+            metrics_port=int(get("METRICS_PORT", "9464")),
             command_ttl_s=int(get("COMMAND_TTL_S", "300")),
             command_ack_timeout_s=int(get("COMMAND_ACK_TIMEOUT_S", "30")),
             ws_queue_size=int(get("WS_QUEUE_SIZE", "1000")),

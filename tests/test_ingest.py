@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 from gmqtt import Client
@@ -33,7 +34,7 @@ from app.ingest.mqtt import forget_session
 from app.ingest.pipeline import Pipeline
 from app.pubsub import channels
 from app.settings import ROOT, Settings
-from tests.servers import MosquittoServer
+from tests.servers import MosquittoServer, free_port
 from tests.support import Api
 
 ALPHA = "70000000-0000-4000-8000-000000000001"
@@ -538,7 +539,9 @@ async def test_metrics_endpoint_counts_messages_in_prometheus_format(api: Api) -
 # --- The SIGKILL story -------------------------------------------------------------------------
 
 
-def start_worker(database_url: str, mosquitto: MosquittoServer, client_id: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    database_url: str, mosquitto: MosquittoServer, client_id: str, metrics_port: int = 0
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "SEPULKI_DATABASE_URL": database_url,
@@ -549,6 +552,7 @@ def start_worker(database_url: str, mosquitto: MosquittoServer, client_id: str) 
         # A real worker: persistent session (not the test-suite default), in-process event bus.
         "SEPULKI_ENV": "development",
         "SEPULKI_REDIS_URL": "",
+        "SEPULKI_METRICS_PORT": str(metrics_port),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", "ingest"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
@@ -618,6 +622,41 @@ async def test_killed_ingest_worker_loses_and_duplicates_nothing(
             worker.kill()
         await conn.close()
         await forget_session(mosquitto.url, worker_id)
+
+
+async def test_a_standalone_ingest_worker_serves_its_counters(
+    database_url: str, mosquitto: MosquittoServer
+) -> None:
+    port = free_port()
+    worker_id = f"sepulki-ingest-metrics-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(database_url, mosquitto, worker_id, metrics_port=port)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def scrape() -> str | None:
+                with contextlib.suppress(httpx.TransportError):
+                    response = await http.get("/metrics")
+                    if response.status_code == 200 and 'outcome="stored"' in response.text:
+                        return response.text
+                return None
+
+            async with robot_client(mosquitto.url, ALPHA, clean=False) as robot:
+                # Published until one is counted: the worker may not have subscribed yet.
+                async def stored_one() -> str | None:
+                    publish_qos1(robot.client, f"robots/{ALPHA}/telemetry", orjson.dumps(telemetry(0)))
+                    return await scrape()
+
+                text = await eventually(stored_one, within=30, what="a stored message on /metrics")
+        assert worker.poll() is None
+        assert text.startswith("# HELP") and "sepulki_ingest_messages_total" in text
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            assert worker.wait(timeout=15) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+            await forget_session(mosquitto.url, worker_id)
 
 
 async def count_is(conn: asyncpg.Connection, expected: int) -> bool:

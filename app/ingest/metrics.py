@@ -5,12 +5,21 @@ Plain integers updated on the event loop (no locks needed); one `IngestMetrics` 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import uvicorn
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+log = logging.getLogger("sepulki.ingest.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -142,3 +151,44 @@ def metrics_endpoint(services: Callable[[], Any]) -> Callable[[Request], Any]:
         return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
     return endpoint
+
+
+class _WorkerServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the ingest worker owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serving_metrics(metrics: IngestMetrics, host: str, port: int) -> AsyncIterator[None]:
+    """GET /metrics (and /health) of a standalone `sepulki ingest` on host:port, while inside.
+
+    A port already taken is logged and skipped: the worker's job is storing messages, not this."""
+    if port <= 0:
+        yield
+        return
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        log.warning("ingest metrics not served on %s:%s: %s", host, port, exc)
+        yield
+        return
+
+    async def render(_request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def health(_request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/metrics", render), Route("/health", health)])
+    server = _WorkerServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="ingest-metrics")
+    log.info("ingest metrics at http://%s:%s/metrics", host, port)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

@@ -16,6 +16,7 @@ from broadcaster import Broadcast
 
 from app import db
 from app.context import Services
+from app.ingest.metrics import serving_metrics
 from app.ingest.mqtt import MqttIngest
 from app.ingest.pipeline import Pipeline
 from app.pubsub import Events
@@ -58,7 +59,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             events = Events(broadcast)
             try:
                 async with Pipeline(pool, events, settings) as pipeline:
-                    async with MqttIngest(settings, pipeline):
+                    metrics = serving_metrics(pipeline.metrics, settings.host, settings.metrics_port)
+                    async with metrics, MqttIngest(settings, pipeline):
                         log.info(
                             "sepulki ingest: consuming %s as %s", settings.mqtt_url, settings.mqtt_client_id
                         )
