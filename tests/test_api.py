@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.graphql_app import QueryCache, build_schema
+from app.graphql_app import build_schema
+from app.query_limits import QueryCache
 from app.settings import DEV_JWT_SECRET, Settings
 from tests.support import Api
 

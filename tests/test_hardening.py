@@ -17,8 +17,9 @@ from graphql import GraphQLError, parse, validate
 from graphql import build_schema as build_sdl_schema
 
 from app.errors import make_error_formatter
-from app.graphql_app import alias_limit_rule, build_schema, cost_map, cost_rule, depth_limit_rule
+from app.graphql_app import build_schema
 from app.http_security import API_CSP
+from app.query_limits import alias_limit_rule, cost_map, cost_rule, depth_limit_rule
 from app.settings import Settings
 from tests.live import serving
 from tests.support import Api
