@@ -3,6 +3,7 @@ limits that run on every request."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Collection
 from typing import Any
@@ -107,11 +108,13 @@ class _FragmentMeasure(ASTValidationRule):
         }
         self._measured: dict[str, int] = {}
 
+    @abstractmethod
     def measure_field(self, field: FieldNode, inner: int) -> int:
-        raise NotImplementedError
+        """A field's value, given `inner`, the value of what it selects."""
 
+    @abstractmethod
     def combine(self, values: list[int]) -> int:
-        raise NotImplementedError
+        """The value of a selection set from those of its selections."""
 
     def measure(self, selection_set: SelectionSetNode | None, visiting: frozenset[str] = frozenset()) -> int:
         if selection_set is None:
