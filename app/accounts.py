@@ -8,11 +8,9 @@ appear nowhere but in the mail: not in a response, an audit row or a log line.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
-import secrets
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +24,7 @@ from app.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Rate
 from app.logs import mask_email
 from app.mail import Mailer, MailError
 from app.pubsub import Recorded
+from app.security import new_secret, secret_digest
 from app.sessions import announce, permissions_changed, revoke_smith_sessions, sign_in
 from app.smiths import SMITH_BY_EMAIL, SMITH_COLUMNS, smith_view
 from app.validation import parse_id, required_text
@@ -128,16 +127,6 @@ async def payload(key: str, work: Awaitable[Any]) -> dict[str, Any]:
         return {key: None, "errors": [exc.as_payload_error()]}
 
 
-def _new_token() -> tuple[str, str]:
-    token = secrets.token_urlsafe(32)
-    return token, _digest(token)
-
-
-def _digest(token: str) -> str:
-    # 256 random bits need no slow hash: SHA-256 keeps a leaked table useless.
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def _email(value: str) -> str:
     email = value.strip()
     if len(email) > MAX_EMAIL_LENGTH or not EMAIL.match(email):
@@ -172,7 +161,7 @@ async def invite(ctx: Context, viewer: Viewer, email: str, role: str) -> dict[st
     limiter = ctx.services.limiter
     await limiter.hit("mail_ip", _ip(ctx), "Too many mails sent from this address; try again later")
     await limiter.hit("mail_account", email, "Too many mails sent to this email; try again later")
-    token, digest = _new_token()
+    token, digest = new_secret()
     expires_at = datetime.now(UTC) + timedelta(seconds=ctx.services.settings.invitation_ttl_s)
     try:
         async with ctx.db.acquire() as conn, conn.transaction():
@@ -217,7 +206,7 @@ async def _create_account(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     token = data.get("invite_token")
     invitation = None
     if token:
-        invitation = await ctx.db.fetchrow(LIVE_INVITATION, _digest(token))
+        invitation = await ctx.db.fetchrow(LIVE_INVITATION, secret_digest(token))
         if invitation is None:
             raise Invalid(INVALID_INVITATION, field="inviteToken")
         if invitation["email"].lower() != email.lower():
@@ -276,7 +265,7 @@ async def reset_password(ctx: Context, email: str) -> bool:
     token = None
     async with ctx.db.acquire() as conn, conn.transaction():
         if smith is not None and allowed:
-            token, digest = _new_token()
+            token, digest = new_secret()
             expires_at = datetime.now(UTC) + timedelta(seconds=ctx.services.settings.password_reset_ttl_s)
             await conn.execute(INSERT_RESET, smith["id"], digest, ctx.client_ip, expires_at)
         changes = {"email": email, "linkIssued": token is not None}
@@ -301,7 +290,7 @@ async def reset_password(ctx: Context, email: str) -> bool:
 async def confirm_password_reset(ctx: Context, token: str, new_password: str) -> dict[str, Any]:
     """Sets the password; the link and every other outstanding one of the account stop
     working, and so does every session of the account."""
-    digest = _digest(token)
+    digest = secret_digest(token)
     target = await ctx.db.fetchrow(LIVE_RESET, digest)
     if target is None:
         raise Invalid(INVALID_RESET, field="token")

@@ -8,7 +8,6 @@ key is created or rotated, and cannot be recovered afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import string
@@ -21,10 +20,11 @@ from app import audit
 from app.context import Context, Viewer
 from app.db import Pool
 from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.security import secret_digest
 
 KEY_SCHEME = "sk_robot_"
 PREFIX_CHARS = 8
-# 32 random bytes: 256 bits, beyond any guessing, so a fast hash is enough (see `hash_key`).
+# 32 random bytes: 256 bits, beyond any guessing, so a fast hash is enough (see `app.security.secret_digest`).
 SECRET_BYTES = 32
 MAX_EXPIRY_DAYS = 3650
 MAX_NAME_LENGTH = 100
@@ -67,15 +67,6 @@ TOUCH_KEY = """
 UPDATE api_keys SET last_used_at = now()
 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => $2))
 """
-
-
-def hash_key(key: str) -> str:
-    """SHA-256 of the whole key, hex.
-
-    Passwords need a slow, salted hash (argon2) because people choose guessable ones. These keys
-    are 256 random bits: no dictionary or brute force can find one from its hash, so a slow hash
-    would only cost CPU on every ingest request without adding any protection."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def generate_key() -> tuple[str, str]:
@@ -129,7 +120,7 @@ async def _insert(
         try:
             async with conn.transaction():
                 row = await conn.fetchrow(
-                    INSERT_KEY, robot_id, prefix, hash_key(key), name, created_by, lifetime
+                    INSERT_KEY, robot_id, prefix, secret_digest(key), name, created_by, lifetime
                 )
         except asyncpg.UniqueViolationError:
             continue
@@ -218,7 +209,7 @@ async def authenticate(pool: Pool, key: str) -> str | None:
     if row is None:
         return None
     # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    if not hmac.compare_digest(row["key_hash"], hash_key(key.strip())):
+    if not hmac.compare_digest(row["key_hash"], secret_digest(key.strip())):
         return None
     if row["revoked_at"] is not None:
         return None

@@ -1,8 +1,10 @@
-"""Password hashing (argon2id, off the event loop) and access tokens (JWT, algorithm pinned)."""
+"""Password hashing (argon2id, off the event loop), access tokens (JWT, algorithm pinned), and the
+random secrets the service hands out (refresh tokens, invitation and reset links, robot API keys)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 import uuid
@@ -15,6 +17,21 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from app.errors import Unauthenticated
 from app.settings import Settings
+
+
+def secret_digest(secret: str) -> str:
+    """SHA-256 of a secret this service generated, hex: what is stored in its place.
+
+    Passwords need a slow, salted hash (argon2) because people choose guessable ones. These
+    secrets are 256 random bits: no dictionary or brute force finds one from its digest, so a slow
+    hash would only cost CPU on every request that presents one."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> tuple[str, str]:
+    """A fresh 256-bit URL-safe secret and its digest."""
+    secret = secrets.token_urlsafe(32)
+    return secret, secret_digest(secret)
 
 
 class Passwords:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +21,7 @@ from app.db import Pool
 from app.errors import Invalid, NotFound, RateLimited
 from app.logs import mask_email
 from app.pubsub import Events, Recorded, channels, record
+from app.security import new_secret, secret_digest
 from app.smiths import SMITH_BY_EMAIL, smith_view, smiths_by_id
 from app.validation import parse_id
 
@@ -138,11 +137,6 @@ async def live_session_ids(pool: Pool, session_ids: list[str]) -> set[str]:
 # -- login --------------------------------------------------------------------------------
 
 
-def _hash_refresh(token: str) -> str:
-    # Refresh tokens are 256-bit random values: a plain SHA-256 is enough to store them safely.
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def _auth_payload(ctx: Context, smith: dict[str, Any], session_id: str, refresh: str) -> dict:
     token, exp = ctx.services.tokens.issue(smith, session_id)
     return {
@@ -232,11 +226,11 @@ async def _failed(ctx: Context, account: str, email: str, row: Any) -> dict[str,
 async def sign_in(ctx: Context, smith: dict[str, Any]) -> dict[str, Any]:
     """Opens a session (a new refresh-token family) for `smith`, audited as a "login", and answers
     the auth payload."""
-    refresh = secrets.token_urlsafe(32)
+    refresh, digest = new_secret()
     ttl = float(ctx.services.settings.refresh_token_ttl_s)
     async with ctx.db.acquire() as conn, conn.transaction():
         session_id = await conn.fetchval(
-            INSERT_SESSION, smith["id"], _hash_refresh(refresh), ctx.client_ip, ctx.user_agent, ttl
+            INSERT_SESSION, smith["id"], digest, ctx.client_ip, ctx.user_agent, ttl
         )
         await conn.execute(TOUCH_LOGIN, smith["id"])
         await audit.record(
@@ -251,13 +245,13 @@ async def sign_in(ctx: Context, smith: dict[str, Any]) -> dict[str, Any]:
 async def refresh(ctx: Context, refresh_token: str) -> dict[str, Any]:
     """A new token pair for a current refresh token. A retired one (already rotated away) means
     it leaked or was replayed: its whole session is revoked, with the same answer as a bad token."""
-    presented = _hash_refresh(refresh_token)
-    fresh = secrets.token_urlsafe(32)
+    presented = secret_digest(refresh_token)
+    fresh, fresh_digest = new_secret()
     ttl = float(ctx.services.settings.refresh_token_ttl_s)
     revoked: Recorded | None = None
     async with ctx.db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            ROTATE_SESSION, presented, _hash_refresh(fresh), ttl, ctx.client_ip, ctx.user_agent
+            ROTATE_SESSION, presented, fresh_digest, ttl, ctx.client_ip, ctx.user_agent
         )
         if row is not None:
             await audit.record(
