@@ -25,7 +25,7 @@ from app.logs import mask_email
 from app.mail import Mailer, MailError
 from app.pubsub import Recorded
 from app.security import new_secret, secret_digest
-from app.sessions import announce, permissions_changed, revoke_smith_sessions, sign_in
+from app.sessions import announce, clear_login_failures, permissions_changed, revoke_smith_sessions, sign_in
 from app.smiths import SMITH_BY_EMAIL, SMITH_COLUMNS, smith_view
 from app.validation import parse_id, required_text
 
@@ -309,7 +309,7 @@ async def confirm_password_reset(ctx: Context, token: str, new_password: str) ->
         await audit.record(conn, ctx, smith_id, "confirmPasswordReset", "Smith", smith_id, changes)
     await announce(ctx.events, revoked)
     # Whoever holds the mailbox proved who they are: a lockout from earlier guesses ends.
-    await ctx.services.limiter.clear("login_lockout", row["email"])
+    await clear_login_failures(ctx, row["email"])
     return smith_view(row)
 
 

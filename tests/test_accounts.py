@@ -331,6 +331,28 @@ async def test_a_smith_who_forgot_their_password_sets_a_new_one_from_the_mailed_
     assert token not in our_log(caplog) and STRONG not in our_log(caplog)
 
 
+async def test_a_locked_out_smith_signs_in_again_after_resetting_the_password(
+    mail_api: Api, smtp_sink: SmtpSink
+) -> None:
+    locked = await mail_api.create_smith("locked.out@fleet.example", "SMITH", password="forgotten-pw-123")
+    for _ in range(6):  # the 6th failure locks the email
+        assert await login(mail_api, (locked[0], "a-wrong-guess-123")) is None
+    refused = await mail_api.execute(
+        LOGIN, {"email": locked[0], "password": "forgotten-pw-123"}, as_=None
+    )
+    assert [e["extensions"]["code"] for e in refused["errors"]] == ["RATE_LIMITED"]
+
+    await mail_api.data(RESET, {"email": locked[0]}, as_=None)
+    token = link_token(await smtp_sink.wait_for(locked[0]), "/reset-password", "token")
+    done = (await mail_api.data(CONFIRM, {"token": token, "password": STRONG}, as_=None))[
+        "confirmPasswordReset"
+    ]
+    assert done["errors"] is None
+
+    # Whoever holds the mailbox proved who they are: the lock ends with the reset.
+    assert await login(mail_api, (locked[0], STRONG)) is not None
+
+
 async def test_an_unknown_or_deactivated_email_gets_the_same_answer_and_no_mail(
     mail_api: Api, smtp_sink: SmtpSink
 ) -> None:
