@@ -32,6 +32,8 @@ REFRESH_FAILED = "Invalid or expired refresh token"
 TOO_MANY_FROM_IP = "Too many login attempts from this address; try again later"
 TOO_MANY_FOR_ACCOUNT = "Too many login attempts for this account; try again later"
 LOCKED = "Too many failed logins for this account; try again later"
+# Close reason of websockets whose subscriptions were authorized under a role the smith lost.
+PERMISSIONS_CHANGED = "Permissions changed"
 # Limiter key of a locked email, beside the email's own key that counts its failures.
 LOCK_KEY = "locked:"
 
@@ -71,6 +73,9 @@ UPDATE sessions SET revoked_at = now(), revoked_reason = $3
 WHERE smith_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2::uuid)
 RETURNING id
 """
+SMITH_LIVE_SESSIONS = """
+SELECT id FROM sessions WHERE smith_id = $1 AND revoked_at IS NULL AND expires_at > now()
+"""
 MY_SESSIONS = """
 SELECT id, ip_address, user_agent, created_at, last_used_at, expires_at FROM sessions
 WHERE smith_id = $1 AND revoked_at IS NULL AND expires_at > now()
@@ -87,6 +92,19 @@ WHERE ses.id = ANY($1::uuid[]) AND ses.revoked_at IS NULL AND ses.expires_at > n
 # -- revocation ---------------------------------------------------------------------------
 
 
+async def _revocation(
+    conn: asyncpg.Connection, session_ids: list[str], reason: str | None = None
+) -> Recorded | None:
+    """The event (in the caller's transaction) that makes every replica close these sessions'
+    websockets once `announce`d after the commit; None when there are none."""
+    if not session_ids:
+        return None
+    data: dict[str, Any] = {"sessionIds": session_ids}
+    if reason is not None:
+        data["reason"] = reason
+    return await record(conn, [channels.SESSIONS_REVOKED], data)
+
+
 async def revoke_smith_sessions(
     conn: asyncpg.Connection, smith_id: str, *, reason: str, keep: str | None = None
 ) -> Recorded | None:
@@ -95,7 +113,7 @@ async def revoke_smith_sessions(
     Publish the result with `announce` after the commit: replicas then close those sessions'
     websockets."""
     ids = [row["id"] for row in await conn.fetch(REVOKE_SMITH_SESSIONS, smith_id, keep, reason)]
-    return await record(conn, [channels.SESSIONS_REVOKED], {"sessionIds": ids}) if ids else None
+    return await _revocation(conn, ids)
 
 
 async def _revoke_session(
@@ -103,7 +121,7 @@ async def _revoke_session(
 ) -> Recorded | None:
     """Revokes one live session of the smith (None when it has no such live session)."""
     revoked = await conn.fetchval(REVOKE_SESSION, session_id, smith_id, reason)
-    return await record(conn, [channels.SESSIONS_REVOKED], {"sessionIds": [revoked]}) if revoked else None
+    return await _revocation(conn, [revoked] if revoked else [])
 
 
 async def announce(events: Events, revoked: Recorded | None) -> None:
@@ -111,10 +129,6 @@ async def announce(events: Events, revoked: Recorded | None) -> None:
         await events.publish_recorded([revoked])
 
 
-SMITH_LIVE_SESSIONS = """
-SELECT id FROM sessions WHERE smith_id = $1 AND revoked_at IS NULL AND expires_at > now()
-"""
-PERMISSIONS_CHANGED = "Permissions changed"
 
 
 async def permissions_changed(conn: asyncpg.Connection, smith_id: str) -> Recorded | None:
@@ -122,11 +136,7 @@ async def permissions_changed(conn: asyncpg.Connection, smith_id: str) -> Record
     with `announce`): their subscriptions were authorized with the old permissions. HTTP requests
     need nothing, they read the permissions per request; clients reconnect and are authorized anew."""
     ids = [row["id"] for row in await conn.fetch(SMITH_LIVE_SESSIONS, smith_id)]
-    if not ids:
-        return None
-    return await record(
-        conn, [channels.SESSIONS_REVOKED], {"sessionIds": ids, "reason": PERMISSIONS_CHANGED}
-    )
+    return await _revocation(conn, ids, PERMISSIONS_CHANGED)
 
 
 async def live_session_ids(pool: Pool, session_ids: list[str]) -> set[str]:
@@ -260,7 +270,7 @@ async def refresh(ctx: Context, refresh_token: str) -> dict[str, Any]:
         else:
             reused = await conn.fetchrow(REVOKE_REUSED, presented)
             if reused is not None:
-                revoked = await record(conn, [channels.SESSIONS_REVOKED], {"sessionIds": [reused["id"]]})
+                revoked = await _revocation(conn, [reused["id"]])
                 changes = {"outcome": "reuse", "revokedReason": "refresh_token_reuse"}
                 await audit.record(
                     conn, ctx, reused["smith_id"], "refreshToken", "SmithSession", reused["id"], changes
@@ -313,7 +323,6 @@ ENDED_SESSION_KEEP_S = 30 * 24 * 3600
 PRUNE_SESSIONS = """
 DELETE FROM sessions
 WHERE coalesce(revoked_at, expires_at) < now() - make_interval(secs => $1)
-  AND (revoked_at IS NOT NULL OR expires_at < now())
 """
 PRUNE_RESETS = """
 DELETE FROM password_resets WHERE coalesce(used_at, expires_at) < now() - interval '1 day'
