@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,3 +87,25 @@ async def fetch_by_ids(pool: Pool, sql: str, ids: list[Any]) -> list[dict[str, A
     """One `= ANY($1)` query for a loader batch; rows in key order, None where absent."""
     rows = by_key(await pool.fetch(sql, ids))
     return [rows.get(i) for i in ids]
+
+
+@contextlib.asynccontextmanager
+async def periodically(name: str, every_s: float, job: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """Runs `job` at once and then every `every_s` seconds while inside. A database error is
+    logged and the next round tries again: housekeeping must not stop the service."""
+
+    async def loop() -> None:
+        while True:
+            try:
+                await job()
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("%s failed: %r", name, exc)
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(loop(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

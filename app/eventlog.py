@@ -6,7 +6,6 @@ then continue live, skipping ids already replayed. Publish happens only after co
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from app.db import Pool
+from app.db import Pool, periodically
 
 if TYPE_CHECKING:
     from app.context import Services
@@ -59,24 +58,14 @@ async def prune(pool: Pool, keep_s: int) -> int:
 async def retention(services: Services, every_s: float = 60.0) -> AsyncIterator[None]:
     """Component: prunes the event log every minute. Replicas may all run it: DELETE is idempotent."""
     keep_s = services.settings.event_retention_s
-
-    async def loop() -> None:
-        while True:
-            try:
-                deleted = await prune(services.db, keep_s)
-                if deleted:
-                    log.info("pruned %d events older than %ds", deleted, keep_s)
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("event log pruning failed: %r", exc)
-            await asyncio.sleep(every_s)
-
     if keep_s <= 0:
         yield
         return
-    task = asyncio.create_task(loop(), name="event-log-retention")
-    try:
+
+    async def prune_once() -> None:
+        deleted = await prune(services.db, keep_s)
+        if deleted:
+            log.info("pruned %d events older than %ds", deleted, keep_s)
+
+    async with periodically("event log pruning", every_s, prune_once):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

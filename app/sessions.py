@@ -5,7 +5,6 @@ so that the session's websockets close; app.realtime listens). docs/sessions.md 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from limits import parse
 
 from app import audit
 from app.context import Context, Services, Viewer
-from app.db import Pool
+from app.db import Pool, periodically
 from app.errors import Invalid, NotFound, RateLimited
 from app.logs import mask_email
 from app.pubsub import Events, Recorded, channels, record
@@ -340,20 +339,10 @@ async def prune(pool: Pool, keep_s: float = ENDED_SESSION_KEEP_S) -> tuple[int, 
 async def housekeeping(services: Services, every_s: float = 3600.0) -> AsyncIterator[None]:
     """Component: prunes ended sessions hourly. Replicas may all run it: DELETE is idempotent."""
 
-    async def loop() -> None:
-        while True:
-            try:
-                deleted = await prune(services.db)
-                if any(deleted):
-                    log.info("pruned %d ended sessions and %d spent reset tokens", *deleted)
-            except (asyncpg.PostgresError, OSError) as exc:
-                log.warning("session pruning failed: %r", exc)
-            await asyncio.sleep(every_s)
+    async def prune_once() -> None:
+        deleted = await prune(services.db)
+        if any(deleted):
+            log.info("pruned %d ended sessions and %d spent reset tokens", *deleted)
 
-    task = asyncio.create_task(loop(), name="session-housekeeping")
-    try:
+    async with periodically("session pruning", every_s, prune_once):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
