@@ -18,7 +18,7 @@ def _serve(settings: Settings) -> None:
     from app.server import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, owns_process=True),
         host=settings.host,
         port=settings.port,
         log_level="info",
@@ -123,11 +123,13 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     """MQTT ingest worker: robot telemetry, status, events and acks into PostgreSQL."""
+    from app import heap
     from app.ingest.service import run_worker
 
     settings = Settings.from_env()
     if settings.database_url is None or settings.mqtt_url is None:
         sys.exit("SEPULKI_DATABASE_URL and SEPULKI_MQTT_URL are required for `sepulki ingest`")
+    heap.settle()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]

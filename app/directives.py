@@ -13,16 +13,21 @@ from app.permissions import Perm
 
 
 def _guard(field: GraphQLField, perm: Perm | None) -> GraphQLField:
-    resolve: Callable[..., Any] = field.resolve or default_field_resolver
-
-    async def guarded_resolve(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
-        await info.context.require(perm)
-        result = resolve(obj, info, **kwargs)
-        return await result if isawaitable(result) else result
-
-    field.resolve = guarded_resolve
     subscribe = field.subscribe
-    if subscribe is not None:
+    if subscribe is None:
+        resolve: Callable[..., Any] = field.resolve or default_field_resolver
+
+        async def guarded_resolve(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+            await info.context.require(perm)
+            result = resolve(obj, info, **kwargs)
+            return await result if isawaitable(result) else result
+
+        field.resolve = guarded_resolve
+    else:
+        # A subscription field is checked once, when its stream is created: its resolver only
+        # ever runs on that stream's events, and a socket whose session is revoked or whose role
+        # changes is closed (app.realtime). Unguarded, an event's execution stays synchronous,
+        # so one result serves every socket sharing it without a task per event.
 
         async def guarded_subscribe(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
             # Checked before the source stream starts, so a refusal is a plain GraphQL error.

@@ -261,9 +261,16 @@ class _SharedResults:
                 self._events.popitem(last=False)
         entry = results.get(key)
         if entry is None:
+            value = compute()
+            if not isawaitable(value):
+                # Computed at once (no resolver awaited anything): the other sockets take it
+                # from `done` without an executor of their own.
+                computed = asyncio.get_running_loop().create_future()
+                computed.set_result(value)
+                results[key] = (anchor, computed)
+                return value
             # Its own task: a subscriber leaving mid-execution cannot cancel it for the others.
-            task = asyncio.ensure_future(_awaited(compute()))
-            entry = results[key] = (anchor, task)
+            entry = results[key] = (anchor, asyncio.ensure_future(_awaited(value)))
         return asyncio.shield(entry[1])
 
     def done(self, event_id: int, key: tuple[Any, ...]) -> Any:

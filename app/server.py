@@ -20,7 +20,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from app import db, floors, http_ingest, runtime, seed, sse
+from app import db, floors, heap, http_ingest, runtime, seed, sse
 from app.context import Context, Services, bearer_token, token_from_init_payload
 from app.embedded import EmbeddedPostgres
 from app.graphql_app import build_schema, create_graphql_app
@@ -68,7 +68,10 @@ def create_app(
     *,
     query_observers: list[db.QueryObserver] | None = None,
     caches: bool = True,
+    owns_process: bool = False,
 ) -> Starlette:
+    """`owns_process`: the app is the only one in its process (`sepulki serve`/`dev`), so what
+    its startup built can be frozen out of the garbage collector's passes."""
     settings = settings or Settings.from_env()
     holder = ServicesHolder()
     schema = build_schema()
@@ -117,6 +120,8 @@ def create_app(
             )
             for component in runtime.COMPONENTS:
                 await stack.enter_async_context(component(holder.services))
+            if owns_process:
+                heap.settle()
             log.info("Sepulki Hammer ready: http://%s:%s/graphql", settings.host, settings.port)
             try:
                 yield

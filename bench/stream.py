@@ -10,7 +10,7 @@ One run, several processes on this machine:
   app.pubsub's `Events.publish` on `robot-status:{id}` and `robot-status:*`, as the ingest does
   once per batch. It publishes directly rather than through MQTT, to measure the delivery layer
   alone (bench/ingest.py measures the MQTT side);
-- `--clients` processes holding `--subscribers` graphql-transport-ws sockets (the `websockets`
+- `--clients` processes holding `--subscribers` graphql-transport-ws sockets (picows
   client), each subscribed to `robotStatus(robotId)` of one robot, so every event goes to
   subscribers/robots sockets. Latency = arrival time - the `lastSeen` the publisher stamped just
   before publishing (one clock: same machine).
@@ -176,62 +176,82 @@ async def run_raw_subscriber(args: argparse.Namespace) -> None:
 
 
 async def run_subscribers(args: argparse.Namespace) -> None:
-    """--count sockets, socket i watching robot (offset + i) % robots."""
-    from websockets.asyncio.client import connect
+    """--count sockets, socket i watching robot (offset + i) % robots.
+
+    picows clients: a callback per frame, no task per message, so that the load generator takes
+    as little as possible of the cores it shares with the API."""
+    import orjson
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     ids = robot_ids(args.robots)
     samples: list[tuple[float, float]] = []
     problems = {"duplicates": 0, "errors": 0}
-    ready = 0
-    all_ready = asyncio.Event()
-    gate = asyncio.Semaphore(50)
     received = [0] * args.count
     expected: int | None = None
     lagging = 0
     caught_up = asyncio.Event()
+    init = orjson.dumps({"type": "connection_init", "payload": {"authToken": args.token}})
 
-    async def socket(index: int) -> None:
-        nonlocal ready, lagging
-        robot_id = ids[(args.offset + index) % len(ids)]
-        async with gate:
-            ws = await connect(
-                args.url,
-                subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                open_timeout=30,
-                compression=None if args.no_deflate else "deflate",
-            )
-            await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": args.token}}))
-            ack = json.loads(await ws.recv())
-            assert ack["type"] == "connection_ack", ack
-            payload = {"query": QUERY, "variables": {"id": robot_id}}
-            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
-        ready += 1
-        if ready == args.count:
-            all_ready.set()
-        last_id = 0
-        async for raw in ws:
+    class Subscriber(WSListener):  # type: ignore[misc]
+        def __init__(self, index: int) -> None:
+            self.index = index
+            self.robot_id = ids[(args.offset + index) % len(ids)]
+            self.last_id = 0
+            self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            transport.send(WSMsgType.TEXT, init)
+
+        def on_ws_disconnected(self, transport: WSTransport) -> None:
+            if not self.subscribed.done():
+                self.subscribed.set_exception(ConnectionError("closed before subscribing"))
+
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            nonlocal lagging
             now = time.time()
-            message = json.loads(raw)
-            if message.get("type") == "ping":
-                await ws.send('{"type": "pong"}')
-                continue
-            if message.get("type") != "next" or "errors" in message["payload"]:
+            if frame.msg_type != WSMsgType.TEXT:
+                if frame.msg_type == WSMsgType.CLOSE:
+                    transport.disconnect()
+                return
+            message = orjson.loads(frame.get_payload_as_bytes())
+            kind = message.get("type")
+            if kind == "connection_ack":
+                payload = {"query": QUERY, "variables": {"id": self.robot_id}}
+                transport.send(
+                    WSMsgType.TEXT, orjson.dumps({"id": "1", "type": "subscribe", "payload": payload})
+                )
+                self.subscribed.set_result(None)
+                return
+            if kind == "ping":
+                transport.send(WSMsgType.TEXT, b'{"type":"pong"}')
+                return
+            if kind != "next" or "errors" in message["payload"]:
                 problems["errors"] += 1
-                continue
+                return
             event_id = int(message["payload"]["extensions"]["eventId"])
-            if event_id <= last_id:
+            if event_id <= self.last_id:
                 problems["duplicates"] += 1
-            last_id = event_id
-            received[index] += 1
-            if received[index] == expected:
+            self.last_id = event_id
+            received[self.index] += 1
+            if received[self.index] == expected:
                 lagging -= 1
                 if lagging == 0:
                     caught_up.set()
             sent = datetime.fromisoformat(message["payload"]["data"]["robotStatus"]["lastSeen"]).timestamp()
             samples.append((sent, now - sent))
 
-    tasks = [asyncio.create_task(socket(i)) for i in range(args.count)]
-    await asyncio.wait_for(all_ready.wait(), 120)
+    gate = asyncio.Semaphore(50)
+    headers = {"Sec-WebSocket-Protocol": "graphql-transport-ws"}
+
+    async def connect(index: int) -> WSTransport:
+        async with gate:
+            transport, listener = await ws_connect(
+                lambda: Subscriber(index), args.url, extra_headers=headers, websocket_handshake_timeout=30
+            )
+            await asyncio.wait_for(listener.subscribed, 30)
+        return transport
+
+    transports = await asyncio.wait_for(asyncio.gather(*(connect(i) for i in range(args.count))), 120)
     print("ready", flush=True)
     # "stop N T": N events per socket are on their way; wait for them at most T seconds.
     _, count, timeout = await _until_stop()
@@ -240,9 +260,8 @@ async def run_subscribers(args: argparse.Namespace) -> None:
     if lagging:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(caught_up.wait(), float(timeout))
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for transport in transports:
+        transport.disconnect()
     print(json.dumps({"samples": samples, **problems}), flush=True)
 
 
@@ -300,7 +319,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def api_server(dsn: str, redis_url: str, port: int, data_dir: Path) -> AsyncIterator[int]:
+async def api_server(
+    dsn: str, redis_url: str, port: int, data_dir: Path, gc_defaults: bool = False
+) -> AsyncIterator[int]:
     """`sepulki serve` with the Redis broadcast, until the block ends; yields its pid."""
     import httpx
 
@@ -318,7 +339,9 @@ async def api_server(dsn: str, redis_url: str, port: int, data_dir: Path) -> Asy
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from app.cli import main; main(['serve'])",
+        # --gc-defaults: CPython's own collector thresholds instead of app.heap's, to compare.
+        ("import gc, app.heap; app.heap.THRESHOLDS = gc.get_threshold(); " if gc_defaults else "")
+        + "from app.cli import main; main(['serve'])",
         env=env,
         stdout=log,
         stderr=log,
@@ -396,7 +419,7 @@ async def measure(
     raw_start = raw_published["start"] + args.warmup
     baseline = figures(raw["samples"], raw_start, raw_published["end"])
 
-    async with api_server(dsn, redis_url, port, tmp) as pid:
+    async with api_server(dsn, redis_url, port, tmp, args.gc_defaults) as pid:
         async with httpx.AsyncClient() as client:
             body = (await client.post(f"http://127.0.0.1:{port}/graphql", json={"query": LOGIN})).json()
         token = body["data"]["login"]["session"]["token"]
@@ -469,7 +492,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="measured, after the warm-up")
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--batch-ms", type=float, default=25, help="publisher batch window (ingest's)")
-    parser.add_argument("--no-deflate", action="store_true", help="clients decline permessage-deflate")
+    parser.add_argument(
+        "--gc-defaults", action="store_true", help="API with CPython's default GC thresholds (app/heap.py)"
+    )
     parser.add_argument("--drain", type=float, default=20, help="seconds to wait for late deliveries")
     parser.add_argument("--redis")
     parser.add_argument("--dsn")
