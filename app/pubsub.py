@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 from broadcaster import Broadcast
 from redis.exceptions import RedisError
 
@@ -123,14 +124,19 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+# orjson writes datetimes and UUIDs as isoformat()/str() do; the rest goes through _default.
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
 def jsonable(payload: dict[str, Any]) -> dict[str, Any]:
     """The payload as JSON gives it back: datetimes as ISO text, UUIDs and decimals as text."""
-    result: dict[str, Any] = json.loads(json.dumps(payload, default=_default))
+    result: dict[str, Any] = orjson.loads(orjson.dumps(payload, default=_default, option=_JSON_OPTIONS))
     return result
 
 
 def encode(event_id: int, payload: dict[str, Any]) -> str:
-    return json.dumps({"id": event_id, "data": payload}, default=_default)
+    data = orjson.dumps({"id": event_id, "data": payload}, default=_default, option=_JSON_OPTIONS)
+    return data.decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,7 +567,7 @@ class Events:
 
     def _dispatch(self, topic: _Topic, message: str) -> None:
         try:
-            decoded = json.loads(message)
+            decoded = orjson.loads(message)
             if "probe" in decoded:
                 probe = topic.probes.get(decoded["probe"])
                 if probe is not None and not probe.done():

@@ -2,16 +2,21 @@
 raw Mosquitto -> a bare gmqtt subscriber that only counts, in the same run.
 
     .venv/bin/python -m bench.ingest [--messages 30000] [--rounds 3] [--robots 100] [--burst 10]
+                                     [--workers 1] [--gc-defaults]
 
 Starts its own Mosquitto (MQTT 5, raised queue limits) and PostgreSQL (the embedded one, or
 SEPULKI_DATABASE_URL), seeds the demo data plus `--robots` robots. Publishers are separate processes
-(multiprocessing), one gmqtt connection each, publishing pre-built payloads as fast as the broker's
-receive window allows. Phases:
+(multiprocessing), one MQTT 5 connection each, writing pre-encoded QoS 1 PUBLISH packets as fast as
+the broker's Receive Maximum allows (a bare protocol writer: the load generator shares the cores).
+`--workers` ingest processes run as `sepulki ingest` does (`MqttIngest` + `Pipeline`, app/heap.py's
+collector settings, uvloop), one `$share` group, each with its own client id and database
+connections. Phases:
 
-1. baseline: a bare gmqtt subscriber (acknowledges on receipt, does nothing) counts N messages;
-2. ingest: the real consumer (`MqttIngest` + `Pipeline`, PUBACK after commit, events published)
-   until N are committed; 1 and 2 alternate for `--rounds` rounds, best of each reported;
-3. burst: 10 x N messages at once into the ingest, sampling this process's RSS.
+1. baseline: a bare gmqtt subscriber in this process (acknowledges on receipt, does nothing)
+   counts N messages;
+2. ingest: the workers (PUBACK after commit, events published) until N are committed between
+   them; 1 and 2 alternate for `--rounds` rounds, best of each reported;
+3. burst: 10 x N messages at once into the workers, sampling each worker's RSS.
 
 Prints one JSON line per figure: value, baseline, ratio, lost, duplicated, peak RSS.
 """
@@ -20,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,10 +39,8 @@ import uvloop
 from broadcaster import Broadcast
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import MQTTv50
-from gmqtt.storage import PersistentStorage
 
-from app import db, seed
-from app.ingest.metrics import IngestMetrics
+from app import db, heap, seed
 from app.ingest.mqtt import MqttIngest
 from app.ingest.pipeline import Pipeline
 from app.pubsub import Events
@@ -79,27 +80,141 @@ def _payloads(robots: list[str], first: int, count: int, step: int, root: str) -
     return out
 
 
-async def _publish(port: int, messages: list[tuple[str, bytes]], start: Any, done: Any) -> None:
-    inflight = PersistentStorage()  # ours, so we can wait for the broker's last PUBACK
-    client = Client(
-        f"bench-pub-{uuid.uuid4().hex[:8]}",
-        clean_session=False,
-        session_expiry_interval=300,
-        persistent_storage=inflight,
-    )
-    await client.connect("127.0.0.1", port, version=MQTTv50)
-    start.wait()
-    for topic, payload in messages:
-        while True:
-            try:
-                client.publish(topic, payload, qos=1)
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _packet(kind: int, body: bytes) -> bytes:
+    return bytes([kind]) + _varint(len(body)) + body
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+class _Publisher(asyncio.Protocol):
+    """A bare MQTT 5 publisher of pre-encoded QoS 1 PUBLISH packets, as many in flight as the
+    broker's Receive Maximum allows, topped up as PUBACKs arrive. A robot fleet is many machines;
+    here the load generator shares 2 cores with what it measures, so it should cost close to
+    nothing: no per-message Python beyond counting acknowledgements."""
+
+    def __init__(self, packets: list[bytes]) -> None:
+        self.packets = packets
+        self.sent = 0
+        self.acked = 0
+        self.window = 65535
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # CONNECT: MQTT 5, clean start, no keepalive, no properties.
+        body = _string("MQTT") + bytes([5, 0x02, 0, 0, 0]) + _string(f"bench-pub-{uuid.uuid4().hex[:8]}")
+        transport.write(_packet(0x10, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in (self.connected, self.finished):
+            if not future.done():
+                future.set_exception(ConnectionError(f"the broker closed the connection: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        at, acked = 0, 0
+        while len(buffer) - at >= 2:
+            length, shift, i = 0, 0, at + 1
+            while i < len(buffer):
+                byte = buffer[i]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                i += 1
+                if not byte & 0x80:
+                    break
+            else:
                 break
-            except OverflowError:
-                # All packet ids of the broker's receive window are in flight: let PUBACKs in.
-                await asyncio.sleep(0)
-    # Every PUBACK in before leaving: a process exiting with unflushed writes would lose messages.
-    await inflight.wait_empty()
-    await client.disconnect()
+            if len(buffer) < i + length:
+                break
+            kind = buffer[at] & 0xF0
+            if kind == 0x40:  # PUBACK
+                acked += 1
+            elif kind == 0x20:  # CONNACK: read Receive Maximum (property 0x21) if announced
+                self._connack(buffer[i : i + length])
+            at = i + length
+        self.buffer = buffer[at:]
+        if acked:
+            self.acked += acked
+            self._send(acked)
+            if self.acked == len(self.packets) and not self.finished.done():
+                self.finished.set_result(None)
+
+    def _connack(self, body: bytes) -> None:
+        if body[1] != 0:
+            self.connected.set_exception(ConnectionError(f"CONNACK reason code {body[1]}"))
+            return
+        props_len, i, shift = 0, 2, 0
+        while True:
+            byte = body[i]
+            props_len |= (byte & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not byte & 0x80:
+                break
+        props = body[i : i + props_len]
+        j = 0
+        while j < len(props):
+            ident = props[j]
+            if ident == 0x21:
+                self.window = int.from_bytes(props[j + 1 : j + 3], "big")
+                break
+            # Every other property Mosquitto sends in CONNACK is a byte, a 2- or 4-byte integer
+            # or a string; stop at anything unknown and keep the default window.
+            if ident in (0x24, 0x25, 0x28, 0x29, 0x2A):
+                j += 2
+            elif ident in (0x13, 0x22):
+                j += 3
+            elif ident in (0x11, 0x27):
+                j += 5
+            elif ident in (0x12, 0x1A, 0x1C, 0x1F):
+                j += 3 + int.from_bytes(props[j + 1 : j + 3], "big")
+            else:
+                break
+        self.connected.set_result(None)
+
+    def go(self) -> None:
+        self._send(self.window)
+
+    def _send(self, count: int) -> None:
+        assert self.transport is not None
+        end = min(len(self.packets), self.sent + count)
+        if end > self.sent:
+            self.transport.write(b"".join(self.packets[self.sent : end]))
+            self.sent = end
+
+
+async def _publish(port: int, messages: list[tuple[str, bytes]], start: Any, done: Any) -> None:
+    # Packet ids 1..65535 in order: the broker acknowledges in order, and at most a window
+    # (< 65535) is in flight, so an id is free again when it comes round.
+    packets = [
+        _packet(0x32, _string(topic) + ((n % 65535) + 1).to_bytes(2, "big") + b"\x00" + payload)
+        for n, (topic, payload) in enumerate(messages)
+    ]
+    loop = asyncio.get_running_loop()
+    transport, publisher = await loop.create_connection(lambda: _Publisher(packets), "127.0.0.1", port)
+    await asyncio.wait_for(publisher.connected, 10)
+    start.wait()
+    publisher.go()
+    await publisher.finished  # every PUBACK in: the broker holds each message
+    transport.write(_packet(0xE0, b""))  # DISCONNECT, normal
+    transport.close()
     done.set()
 
 
@@ -177,52 +292,124 @@ async def baseline(port: int, robots: list[str], total: int, n: int) -> float:
     return total / elapsed
 
 
-class RssSampler:
-    def __init__(self) -> None:
-        self.process = psutil.Process(os.getpid())
-        self.peak = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            await asyncio.sleep(0.02)
-
-    @contextlib.asynccontextmanager
-    async def sampling(self) -> AsyncIterator[RssSampler]:
-        self.peak = self.process.memory_info().rss
-        self._task = asyncio.create_task(self._run())
-        try:
-            yield self
-        finally:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+# --- ingest workers (child processes) -----------------------------------------------------------
 
 
-async def pipeline_total(metrics: IngestMetrics, target: int) -> None:
-    """Returns once the pipeline has committed `target` messages in all (polled: the bench
-    must not add work to the pipeline's hot path)."""
-    while metrics.total() < target:  # noqa: ASYNC110
-        await asyncio.sleep(0.005)
+async def _work(dsn: str, url: str, k: int, batch_size: int, batch_ms: int, state: Any, stop: Any) -> None:
+    settings = Settings(
+        env="bench",
+        database_url=dsn,
+        mqtt_url=url,
+        mqtt_client_id=f"bench-ingest-{k}",
+        ingest_batch_size=batch_size,
+        ingest_batch_ms=batch_ms,
+    )
+    pool = await db.create_pool(dsn, min_size=1, max_size=4)
+    # Events are published as in production (one bellows message per fleet per batch, one per
+    # changed robot), on the in-process bus unless SEPULKI_REDIS_URL names a Redis.
+    broadcast = Broadcast(os.environ.get("SEPULKI_REDIS_URL") or "memory://")
+    events = Events(broadcast)
+    try:
+        async with (
+            broadcast,
+            Pipeline(pool, events, settings) as pipeline,
+            MqttIngest(settings, pipeline, persistent=True) as consumer,
+        ):
+            await asyncio.wait_for(consumer.subscribed.wait(), 10)
+            m = pipeline.metrics
+            state[4] = 1  # subscribed
+            # Polled, not pushed: the bench must not add work to the pipeline's hot path.
+            while not stop.is_set():
+                state[0], state[1], state[2], state[3] = (
+                    m.total(),
+                    m.total("duplicate"),
+                    m.batches,
+                    m.batch_items,
+                )
+                await asyncio.sleep(0.005)
+    finally:
+        await events.aclose()
+        await pool.close()
+
+
+def worker_main(
+    dsn: str, url: str, k: int, batch_size: int, batch_ms: int, gc_defaults: bool, state: Any, stop: Any
+) -> None:
+    """One `sepulki ingest` worker: the same consumer, pipeline, collector settings and loop."""
+    if not gc_defaults:
+        heap.settle()
+    uvloop.run(_work(dsn, url, k, batch_size, batch_ms, state, stop))
+
+
+class Workers:
+    """`n` ingest workers in one `$share` group; `state` of each: committed, duplicates, batches,
+    batch items, subscribed."""
+
+    def __init__(self, args: argparse.Namespace, dsn: str, url: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.stop = ctx.Event()
+        self.states = [ctx.Array("q", 5, lock=False) for _ in range(args.workers)]
+        self.processes = [
+            ctx.Process(
+                target=worker_main,
+                args=(
+                    dsn,
+                    url,
+                    k,
+                    args.batch_size,
+                    args.batch_ms,
+                    args.gc_defaults,
+                    self.states[k],
+                    self.stop,
+                ),
+                daemon=True,
+            )
+            for k in range(args.workers)
+        ]
+
+    async def __aenter__(self) -> Workers:
+        for p in self.processes:
+            p.start()
+        deadline = time.monotonic() + 60
+        while not all(state[4] for state in self.states):
+            if time.monotonic() > deadline or any(p.exitcode is not None for p in self.processes):
+                raise RuntimeError("the ingest workers did not start")
+            await asyncio.sleep(0.05)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        for p in self.processes:
+            await asyncio.to_thread(p.join, 30)
+            if p.exitcode is None:
+                p.kill()
+
+    def total(self, field: int = 0) -> int:
+        return sum(state[field] for state in self.states)
+
+    def peak_rss(self) -> list[int]:
+        return [psutil.Process(p.pid).memory_info().rss for p in self.processes]
 
 
 async def ingest_phase(
-    pipeline: Pipeline, port: int, robots: list[str], total: int, n: int, offset: int
+    workers: Workers, port: int, robots: list[str], total: int, n: int, offset: int
 ) -> tuple[float, int]:
-    """Messages/s from the publishers' start until the pipeline has committed all of them, and the
-    peak RSS (bytes) of this process meanwhile."""
-    metrics = pipeline.metrics
-    before = metrics.total()
-    sampler = RssSampler()
+    """Messages/s from the publishers' start until the workers have committed all of them, and the
+    peak RSS (bytes) of the largest worker meanwhile (sampled every 20 ms)."""
+    before = workers.total()
+    peak = max(workers.peak_rss())
     pubs = Publishers(port, robots, total, n, offset=offset)
     pubs.launch()
-    async with sampler.sampling():
-        began = await asyncio.to_thread(pubs.go)
-        await pipeline_total(metrics, before + total)
-        elapsed = time.perf_counter() - began
+    began = await asyncio.to_thread(pubs.go)
+    polls = 0
+    while workers.total() < before + total:
+        polls += 1
+        if polls % 4 == 0:
+            peak = max(peak, *workers.peak_rss())
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - began
     await asyncio.to_thread(pubs.join)
-    return total / elapsed, sampler.peak
+    return total / elapsed, peak
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -240,41 +427,24 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await conn.close()
             total = args.messages
-            settings = Settings(
-                env="bench",
-                database_url=dsn,
-                mqtt_url=broker.url,
-                mqtt_client_id="bench-ingest",
-                ingest_batch_size=args.batch_size,
-                ingest_batch_ms=args.batch_ms,
-            )
-            pool = await db.create_pool(dsn, min_size=1, max_size=4)
-            # Events are published as in production (one bellows message per fleet per batch, one per
-            # changed robot), on the in-process bus unless SEPULKI_REDIS_URL names a Redis.
-            broadcast = Broadcast(os.environ.get("SEPULKI_REDIS_URL") or "memory://")
-            events = Events(broadcast)
-            try:
-                async with (
-                    broadcast,
-                    Pipeline(pool, events, settings) as pipeline,
-                    MqttIngest(settings, pipeline, persistent=True) as consumer,
-                ):
-                    await asyncio.wait_for(consumer.subscribed.wait(), 10)
-                    # Rounds alternate baseline and ingest so that load from elsewhere on the machine
-                    # hits both alike; the best round of each is reported.
-                    raws: list[float] = []
-                    rates: list[float] = []
-                    peak = 0
-                    for r in range(args.rounds):
-                        raws.append(await baseline(broker.port, robots, total, args.publishers))
-                        rate, round_peak = await ingest_phase(
-                            pipeline, broker.port, robots, total, args.publishers, offset=r * total
-                        )
-                        rates.append(rate)
-                        peak = max(peak, round_peak)
-                    sent = total * args.rounds
-                    stored = await pool.fetchval("SELECT count(*) FROM telemetry")
-                    distinct = await pool.fetchval("SELECT count(DISTINCT (robot_id, seq)) FROM telemetry")
+            async with Workers(args, dsn, broker.url) as workers:
+                # Rounds alternate baseline and ingest so that load from elsewhere on the machine
+                # hits both alike; the best round of each is reported.
+                raws: list[float] = []
+                rates: list[float] = []
+                peak = 0
+                for r in range(args.rounds):
+                    raws.append(await baseline(broker.port, robots, total, args.publishers))
+                    rate, round_peak = await ingest_phase(
+                        workers, broker.port, robots, total, args.publishers, offset=r * total
+                    )
+                    rates.append(rate)
+                    peak = max(peak, round_peak)
+                sent = total * args.rounds
+                conn = await asyncpg.connect(dsn)
+                try:
+                    stored = await conn.fetchval("SELECT count(*) FROM telemetry")
+                    distinct = await conn.fetchval("SELECT count(DISTINCT (robot_id, seq)) FROM telemetry")
                     raw, best = max(raws), max(rates)
                     emit(
                         figure="mqtt_raw_subscriber_msgs_per_s",
@@ -291,40 +461,41 @@ async def main(args: argparse.Namespace) -> None:
                         ratio=round(best / raw, 2),
                         unit="messages/s",
                         messages=total,
+                        workers=args.workers,
                         rounds=[round(x) for x in rates],
                         round_ratios=[round(a / b, 2) for a, b in zip(rates, raws, strict=True)],
                         lost=sent - distinct,
                         duplicated=stored - distinct,
-                        duplicates_absorbed=pipeline.metrics.total("duplicate"),
-                        batches=pipeline.metrics.batches,
-                        mean_batch=round(pipeline.metrics.batch_items / max(1, pipeline.metrics.batches)),
+                        duplicates_absorbed=workers.total(1),
+                        batches=workers.total(2),
+                        mean_batch=round(workers.total(3) / max(1, workers.total(2))),
                         peak_rss_mb=round(peak / 2**20, 1),
                         batch_size=args.batch_size,
                         batch_ms=args.batch_ms,
                     )
                     burst = total * args.burst
-                    batches_before = pipeline.metrics.batches
+                    batches_before = workers.total(2)
                     rate, burst_peak = await ingest_phase(
-                        pipeline, broker.port, robots, burst, args.publishers, offset=sent
+                        workers, broker.port, robots, burst, args.publishers, offset=sent
                     )
-                    stored = await pool.fetchval("SELECT count(*) FROM telemetry")
-                    distinct = await pool.fetchval("SELECT count(DISTINCT (robot_id, seq)) FROM telemetry")
+                    stored = await conn.fetchval("SELECT count(*) FROM telemetry")
+                    distinct = await conn.fetchval("SELECT count(DISTINCT (robot_id, seq)) FROM telemetry")
                     emit(
                         figure="ingest_burst_peak_rss_mb",
                         value=round(burst_peak / 2**20, 1),
                         baseline=round(peak / 2**20, 1),
-                        baseline_name=f"peak RSS of the {total}-message rounds",
+                        baseline_name=f"peak RSS of a worker in the {total}-message rounds",
                         ratio=round(burst_peak / peak, 2),
                         unit="MiB",
                         messages=burst,
+                        workers=args.workers,
                         committed_msgs_per_s=round(rate),
                         lost=sent + burst - distinct,
                         duplicated=stored - distinct,
-                        batches=pipeline.metrics.batches - batches_before,
+                        batches=workers.total(2) - batches_before,
                     )
-            finally:
-                await events.aclose()
-                await pool.close()
+                finally:
+                    await conn.close()
     finally:
         broker.close()
 
@@ -340,5 +511,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=Settings().ingest_batch_size)
     parser.add_argument("--batch-ms", type=int, default=Settings().ingest_batch_ms)
-    # The event loop of `sepulki ingest` (and of uvicorn): uvloop.
+    parser.add_argument(
+        "--gc-defaults", action="store_true", help="CPython's default GC thresholds, not app/heap.py's"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="ingest processes in one $share group")
+    # Workers run as `sepulki ingest` does: app/heap.py's collector settings, the uvloop event loop.
     uvloop.run(main(parser.parse_args()))

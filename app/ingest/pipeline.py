@@ -176,22 +176,28 @@ class Pipeline:
             raise PipelineStopped("ingest pipeline is stopped")
         if not items:
             return []
-        loop = asyncio.get_running_loop()
-        now = datetime.now(UTC)
-        entries = [self._entry(raw, now) for raw in items]
         while self._queued >= self._max_pending and self._queue:
-            waiter: asyncio.Future[None] = loop.create_future()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiting.append(waiter)
             await waiter
             if self._closing:
                 raise PipelineStopped("ingest pipeline is stopped")
-        ticket = _Ticket(entries, loop.create_future(), loop.time())
+        return await self.enqueue(items)
+
+    def enqueue(self, items: list[RawMessage]) -> asyncio.Future[list[Outcome]]:
+        """`submit` without waiting for room in the queue, for a caller that bounds what it has in
+        flight itself (the MQTT consumer's window): the outcomes, once committed, as a future."""
+        if self._closing:
+            raise PipelineStopped("ingest pipeline is stopped")
+        loop = asyncio.get_running_loop()
+        now = datetime.now(UTC)
+        ticket = _Ticket([self._entry(raw, now) for raw in items], loop.create_future(), loop.time())
         self._queue.append(ticket)
-        self._queued += len(entries)
+        self._queued += len(ticket.entries)
         self._wake.set()
         if self._queued >= self._batch_size:
             self._full.set()
-        return await ticket.future
+        return ticket.future
 
     def _entry(self, raw: RawMessage, now: datetime) -> Entry:
         if raw.kind not in KINDS:
