@@ -202,6 +202,17 @@ async def test_robot_telemetry_is_stored_and_updates_the_robot_row(
     assert counted(ingest, "stored") == 1
 
 
+async def test_telemetry_sent_at_qos_0_is_stored_too(ingest: Api, mosquitto: MosquittoServer) -> None:
+    # QoS 0 has no acknowledgement: it takes gmqtt's on_message path, QoS 1 the packet-handler one.
+    async with robot_client(mosquitto.url, DELTA) as robot:
+        sample = orjson.dumps(telemetry(3, batteryLevel=42.0))
+        robot.client.publish(f"robots/{DELTA}/telemetry", sample, qos=0)
+        rows = await eventually(lambda: samples_of(ingest, DELTA), what="the QoS 0 sample")
+    assert [(r["seq"], r["battery_level"]) for r in rows] == [(3, 42.0)]
+    assert (await robot_row(ingest, DELTA))["battery_level"] == 42.0
+    assert counted(ingest, "stored") == 1
+
+
 async def test_redelivered_telemetry_is_counted_as_duplicate_and_stored_once(
     ingest: Api, mosquitto: MosquittoServer
 ) -> None:
