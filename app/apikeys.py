@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from app import audit
+from app import audit, broker_accounts
 from app.context import Context, Viewer
 from app.db import Pool
 from app.errors import Conflict, DomainError, Invalid, NotFound
@@ -128,6 +128,15 @@ async def _insert(
     raise Conflict("Could not draw a unique key prefix, try again")
 
 
+async def _grant_broker_account(ctx: Context, row: dict[str, Any], key: str) -> None:
+    """The key's MQTT account, before the key's transaction commits: if the broker cannot take
+    it, the mutation fails (SERVICE_UNAVAILABLE) and no key exists (app/broker_accounts.py)."""
+    admin_url = ctx.services.settings.mqtt_admin_url
+    if admin_url:
+        async with broker_accounts.session(admin_url) as dynsec:
+            await dynsec.grant(str(row["robot_id"]), row["prefix"], key)
+
+
 def _audit_view(row: dict[str, Any]) -> dict[str, Any]:
     # Never the key nor its hash: audit rows are readable by more people than keys should be.
     return {
@@ -150,6 +159,7 @@ async def create(
             if await conn.fetchval(LIVE_ROBOT, robot_id) is None:
                 raise NotFound.of("Robot", robot_id)
             row, key = await _insert(conn, robot_id, name, viewer.id, lifetime)
+            await _grant_broker_account(ctx, row, key)
             await audit.record(
                 conn, ctx, viewer.id, "createRobotApiKey", "RobotApiKey", row["id"], _audit_view(row)
             )
@@ -174,10 +184,12 @@ async def rotate(ctx: Context, viewer: Viewer, key_id: str) -> dict[str, Any]:
             lifetime = old["expires_at"] - old["created_at"] if old["expires_at"] else None
             await conn.execute(REVOKE_KEY, key_id)
             row, key = await _insert(conn, old["robot_id"], old["name"], viewer.id, lifetime)
+            await _grant_broker_account(ctx, row, key)
             changes = {"replaces": key_id, "revokedPrefix": old["prefix"], **_audit_view(row)}
             await audit.record(conn, ctx, viewer.id, "rotateRobotApiKey", "RobotApiKey", row["id"], changes)
     except DomainError as exc:
         return {"api_key": None, "key": None, "errors": [exc.as_payload_error()]}
+    await broker_accounts.revoke_quietly(ctx.services.settings.mqtt_admin_url, old["prefix"])
     return {"api_key": row, "key": key, "errors": None}
 
 
@@ -196,6 +208,7 @@ async def revoke(ctx: Context, viewer: Viewer, key_id: str) -> dict[str, Any]:
             "revokedAt": row["revoked_at"].isoformat(),
         }
         await audit.record(conn, ctx, viewer.id, "revokeRobotApiKey", "RobotApiKey", key_id, changes)
+    await broker_accounts.revoke_quietly(ctx.services.settings.mqtt_admin_url, row["prefix"])
     return row
 
 

@@ -65,6 +65,12 @@ class RateLimited(DomainError):
         self.retry_after = max(1, math.ceil(retry_after))
 
 
+class Unavailable(DomainError):
+    """A service this operation depends on (e.g. the MQTT broker) did not answer; retry later."""
+
+    code = "SERVICE_UNAVAILABLE"
+
+
 class NotImplementedYet(DomainError):
     code = "NOT_IMPLEMENTED"
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from app import broker, commands, eventlog, sessions, simulator
+from app import broker, broker_accounts, commands, eventlog, sessions, simulator
 from app.context import Services
 from app.ingest.service import ingest_component
 
@@ -24,6 +24,7 @@ COMPONENTS: list[Component] = [
     commands.dispatcher,
     eventlog.retention,
     sessions.housekeeping,
+    broker_accounts.reconciler,
     # The ingest pipeline (HTTP ingest uses it) and, with SEPULKI_MQTT_URL, the MQTT consumer.
     ingest_component,
     # Last: simulated robots publish once everything that consumes their messages runs.

@@ -71,6 +71,10 @@ class Settings:
     # 5 for Mosquitto/EMQX (shared subscriptions, ack after commit); 4 = MQTT 3.1.1 (amqtt).
     mqtt_protocol: int = 5
     mqtt_client_id: str = "sepulki-ingest"
+    # A dynamic-security admin of the robots' Mosquitto: robot API keys become broker accounts
+    # limited to their own topics (app/broker_accounts.py). None: robots' broker access is managed
+    # outside the service.
+    mqtt_admin_url: str | None = None
     # Run the development MQTT broker (amqtt) on mqtt_url's port in this process; set by `sepulki dev`.
     embedded_broker: bool = False
     # Run the MQTT ingest inside the API process (dev and single-process deployments).
@@ -144,6 +148,7 @@ class Settings:
             mqtt_url=env.get("SEPULKI_MQTT_URL") or None,
             mqtt_protocol=int(get("MQTT_PROTOCOL", "5")),
             mqtt_client_id=get("MQTT_CLIENT_ID", "sepulki-ingest"),
+            mqtt_admin_url=env.get("SEPULKI_MQTT_ADMIN_URL") or None,
             ingest_in_api=_bool(get("INGEST_IN_API", "true")),
             ingest_batch_size=int(get("INGEST_BATCH_SIZE", "1000")),
             ingest_batch_ms=int(get("INGEST_BATCH_MS", "25")),

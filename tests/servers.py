@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import glob
 import os
 import pwd
@@ -142,6 +143,66 @@ class MosquittoServer(_LoopbackProcess):
             [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         _wait_for_port(self.port)
+        return self.url
+
+
+class DynsecMosquittoServer(MosquittoServer):
+    """Mosquitto with its dynamic security plugin and no anonymous access, as in production: an
+    admin account (`admin_url`) and the backend's account `sepulki` (`service_url`: reads and
+    writes robots' topics). Robots' accounts are the service's to create."""
+
+    prefix = "sepulki-mqtt-dynsec-"
+    ADMIN_PASSWORD = "dynsec-admin-test-password"
+    SERVICE_PASSWORD = "sepulki-service-test-password"
+
+    @property
+    def admin_url(self) -> str:
+        return f"mqtt://admin:{self.ADMIN_PASSWORD}@127.0.0.1:{self.port}"
+
+    @property
+    def service_url(self) -> str:
+        return f"mqtt://sepulki:{self.SERVICE_PASSWORD}@127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        plugins = sorted(Path("/usr/lib").glob("**/mosquitto_dynamic_security.so"))
+        if not plugins:
+            raise RuntimeError("mosquitto_dynamic_security.so not found (Debian package mosquitto)")
+        ctrl = shutil.which("mosquitto_ctrl") or "/usr/bin/mosquitto_ctrl"
+        dynsec = self.dir / "dynamic-security.json"
+        subprocess.run(
+            [ctrl, "dynsec", "init", str(dynsec), "admin", self.ADMIN_PASSWORD],
+            check=True,
+            capture_output=True,
+        )
+        config = self.dir / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous false\n"
+            "persistence false\n"
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 1000\n"
+            # The plugin rewrites its file on every change: stay the user who owns it.
+            f"user {getpass.getuser()}\n"
+            f"plugin {plugins[0]}\n"
+            f"plugin_opt_config_file {dynsec}\n"
+            "log_dest none\n"
+        )
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen(
+            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_for_port(self.port)
+        connect = [ctrl, "-h", "127.0.0.1", "-p", str(self.port), "-u", "admin", "-P", self.ADMIN_PASSWORD]
+        for command in (
+            ["createRole", "sepulki-service"],
+            ["addRoleACL", "sepulki-service", "subscribePattern", "robots/#", "allow", "0"],
+            # Shared subscriptions are checked with their `$share/<group>/` prefix.
+            ["addRoleACL", "sepulki-service", "subscribePattern", "$share/sepulki/robots/#", "allow", "0"],
+            ["addRoleACL", "sepulki-service", "publishClientSend", "robots/#", "allow", "0"],
+            ["createClient", "sepulki", "-p", self.SERVICE_PASSWORD],
+            ["addClientRole", "sepulki", "sepulki-service", "0"],
+        ):
+            subprocess.run([*connect, "dynsec", *command], check=True, capture_output=True)
         return self.url
 
 

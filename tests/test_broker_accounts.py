@@ -1,0 +1,153 @@
+"""Robots sign in to the MQTT broker with their API keys, and may publish only as themselves.
+
+A real Mosquitto with its dynamic security plugin and no anonymous access; the backend reads
+robots' topics with its own account, and holds the broker's admin account to manage robots'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import orjson
+import pytest
+from gmqtt import Client
+from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.handler import MQTTConnectError
+
+from app import broker_accounts
+from app.settings import Settings
+from tests.servers import DynsecMosquittoServer, free_port
+from tests.support import Api
+from tests.test_apikeys import CREATE, REVOKE, ROTATE, create_key
+from tests.test_ingest import ALPHA, BETA, eventually, ingesting, samples_of, telemetry
+
+
+@pytest.fixture(scope="module")
+def dynsec() -> Iterator[DynsecMosquittoServer]:
+    server = DynsecMosquittoServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def guarded(settings: Settings, dynsec: DynsecMosquittoServer) -> AsyncIterator[Api]:
+    """The API ingesting from the guarded broker, managing robots' accounts on it."""
+    configured = replace(
+        settings,
+        mqtt_url=dynsec.service_url,
+        mqtt_admin_url=dynsec.admin_url,
+        mqtt_client_id=f"sepulki-ingest-test-{uuid.uuid4().hex[:8]}",
+    )
+    async with ingesting(configured) as api:
+        yield api
+
+
+class Robot:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.disconnected = asyncio.Event()
+
+    def publish(self, robot_id: str, seq: int) -> None:
+        self.client.publish(f"robots/{robot_id}/telemetry", orjson.dumps(telemetry(seq)), qos=1)
+
+
+@contextlib.asynccontextmanager
+async def robot(server: DynsecMosquittoServer, username: str, password: str) -> AsyncIterator[Robot]:
+    client = Client(f"robot-{uuid.uuid4().hex[:8]}", clean_session=True)
+    client.set_config({"reconnect_retries": 0})
+    client.set_auth_credentials(username, password)
+    connected = Robot(client)
+    client.on_disconnect = lambda *_: connected.disconnected.set()
+    await client.connect("127.0.0.1", server.port, version=MQTTv50)
+    try:
+        yield connected
+    finally:
+        with contextlib.suppress(Exception):
+            await client.disconnect()
+
+
+async def refused(server: DynsecMosquittoServer, username: str, password: str) -> bool:
+    try:
+        async with robot(server, username, password):
+            return False
+    except MQTTConnectError as exc:
+        return "135" in str(exc) or "134" in str(exc)  # not authorized / bad user name or password
+
+
+async def test_a_robot_publishes_with_its_api_key_and_only_on_its_own_topics(
+    guarded: Api, dynsec: DynsecMosquittoServer
+) -> None:
+    issued = await create_key(guarded, ALPHA)
+    async with robot(dynsec, issued["apiKey"]["prefix"], issued["key"]) as alpha:
+        alpha.publish(ALPHA, 1)
+        alpha.publish(BETA, 2)  # posing as another robot: the broker drops it
+        alpha.publish(ALPHA, 3)
+        stored = await eventually(lambda: _seqs(guarded, ALPHA, 2), what="the robot's own two samples")
+    assert stored == [1, 3]
+    # The broker handles one connection's messages in order: the one in between was refused.
+    assert await samples_of(guarded, BETA) == []
+
+
+async def _seqs(api: Api, robot_id: str, count: int) -> list[int] | None:
+    rows = await samples_of(api, robot_id)
+    return [r["seq"] for r in rows] if len(rows) >= count else None
+
+
+async def test_wrong_and_revoked_keys_are_refused_and_a_revoked_robot_is_disconnected(
+    guarded: Api, dynsec: DynsecMosquittoServer
+) -> None:
+    issued = await create_key(guarded, ALPHA)
+    prefix, key = issued["apiKey"]["prefix"], issued["key"]
+    assert await refused(dynsec, prefix, key[:-1] + ("A" if key[-1] != "A" else "B"))
+    assert await refused(dynsec, ALPHA, key)  # the username is the key's prefix, not the robot id
+    async with robot(dynsec, prefix, key) as alpha:
+        await guarded.data(REVOKE, {"id": issued["apiKey"]["id"]})
+        async with asyncio.timeout(5):
+            await alpha.disconnected.wait()
+    assert await refused(dynsec, prefix, key)
+
+
+async def test_rotation_moves_the_robot_to_the_new_key(guarded: Api, dynsec: DynsecMosquittoServer) -> None:
+    old = await create_key(guarded, ALPHA)
+    rotated = (await guarded.data(ROTATE, {"id": old["apiKey"]["id"]}))["rotateRobotApiKey"]
+    assert rotated["errors"] is None
+    assert await refused(dynsec, old["apiKey"]["prefix"], old["key"])
+    async with robot(dynsec, rotated["apiKey"]["prefix"], rotated["key"]) as alpha:
+        alpha.publish(ALPHA, 11)
+        assert await eventually(lambda: _seqs(guarded, ALPHA, 1), what="a sample") == [11]
+
+
+async def test_reconcile_deletes_the_accounts_of_expired_revoked_and_unknown_keys(
+    guarded: Api, dynsec: DynsecMosquittoServer
+) -> None:
+    expired = await create_key(guarded, ALPHA)
+    live = await create_key(guarded, BETA)
+    await guarded.services.db.execute(
+        "UPDATE api_keys SET expires_at = now() - interval '1 minute', created_at = now() - interval '1 day'"
+        " WHERE id = $1",
+        expired["apiKey"]["id"],
+    )
+    async with broker_accounts.session(dynsec.admin_url) as admin:
+        # An account the database knows nothing of (made by hand, or left by a rolled-back key).
+        await admin.grant(BETA, "sk_robot_zz000000", "sk_robot_zz000000_not-a-key-we-issued")
+    deleted = await broker_accounts.reconcile(guarded.services.db, dynsec.admin_url)
+    assert sorted(deleted) == sorted([expired["apiKey"]["prefix"], "sk_robot_zz000000"])
+    assert await refused(dynsec, expired["apiKey"]["prefix"], expired["key"])
+    assert not await refused(dynsec, live["apiKey"]["prefix"], live["key"])
+    assert await broker_accounts.reconcile(guarded.services.db, dynsec.admin_url) == []
+
+
+async def test_no_key_is_issued_when_the_broker_cannot_take_its_account(settings: Settings) -> None:
+    unreachable = replace(settings, mqtt_admin_url=f"mqtt://admin:x@127.0.0.1:{free_port()}")
+    async with Api.running(unreachable) as api:
+        payload = (await api.data(CREATE, {"robotId": ALPHA}))["createRobotApiKey"]
+        assert payload["apiKey"] is None and payload["key"] is None
+        assert [e["code"] for e in payload["errors"]] == ["SERVICE_UNAVAILABLE"]
+        assert await api.services.db.fetchval("SELECT count(*) FROM api_keys WHERE robot_id = $1", ALPHA) == 0
