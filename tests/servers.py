@@ -148,8 +148,8 @@ class MosquittoServer(_LoopbackProcess):
 
 class DynsecMosquittoServer(MosquittoServer):
     """Mosquitto with its dynamic security plugin and no anonymous access, as in production: an
-    admin account (`admin_url`) and the backend's account `sepulki` (`service_url`: reads and
-    writes robots' topics). Robots' accounts are the service's to create."""
+    admin account (`admin_url`) and the backend's account `sepulki` (`service_url`: reads robots'
+    topics, sends their commands). Robots' accounts are the service's to create."""
 
     prefix = "sepulki-mqtt-dynsec-"
     ADMIN_PASSWORD = "dynsec-admin-test-password"
@@ -198,7 +198,7 @@ class DynsecMosquittoServer(MosquittoServer):
             ["addRoleACL", "sepulki-service", "subscribePattern", "robots/#", "allow", "0"],
             # Shared subscriptions are checked with their `$share/<group>/` prefix.
             ["addRoleACL", "sepulki-service", "subscribePattern", "$share/sepulki/robots/#", "allow", "0"],
-            ["addRoleACL", "sepulki-service", "publishClientSend", "robots/#", "allow", "0"],
+            ["addRoleACL", "sepulki-service", "publishClientSend", "robots/+/commands", "allow", "0"],
             ["createClient", "sepulki", "-p", self.SERVICE_PASSWORD],
             ["addClientRole", "sepulki", "sepulki-service", "0"],
         ):
