@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -58,6 +57,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 import asyncpg
+import orjson
 from ariadne.asgi.handlers import GraphQLTransportWSHandler
 from ariadne.asgi.handlers.graphql_transport_ws import ClientContext
 from ariadne.graphql import parse_query, subscribe, validate_data
@@ -291,7 +291,7 @@ def _texts(data: Any) -> str:
     cached = _TEXTS.get(id(data))
     if cached is not None and cached[0] is data:
         return cached[1]
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    text = orjson.dumps(data).decode()
     _TEXTS[id(data)] = (data, text)
     if len(_TEXTS) > 512:
         _TEXTS.popitem(last=False)
@@ -395,7 +395,7 @@ class _EventIdSocket:
         payload = message["payload"]
         if payload.keys() == {"data"}:
             text = (
-                f'{{"type":"next","id":{json.dumps(message["id"])},"payload":{{"data":'
+                f'{{"type":"next","id":{orjson.dumps(message["id"]).decode()},"payload":{{"data":'
                 f'{_texts(payload["data"])},"extensions":{{"eventId":"{event_id}"}}}}}}'
             )
             await self._websocket.send_text(text)
