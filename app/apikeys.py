@@ -57,6 +57,7 @@ REVOKE_KEY = """
 UPDATE api_keys SET revoked_at = now() WHERE id = $1
 RETURNING id, robot_id, name, prefix, created_by, created_at, expires_at, last_used_at, revoked_at
 """
+REVOKE_PREFIXES = "UPDATE api_keys SET revoked_at = now() WHERE prefix = ANY($1) AND revoked_at IS NULL"
 # The key's robot must still exist: deleting a robot disables its keys without touching them.
 KEY_BY_PREFIX = """
 SELECT k.id, k.robot_id, k.key_hash, k.expires_at, k.revoked_at, k.last_used_at
@@ -111,7 +112,7 @@ async def _insert(
     conn: asyncpg.Connection,
     robot_id: str,
     name: str | None,
-    created_by: str,
+    created_by: str | None,
     lifetime: timedelta | None,
 ) -> tuple[dict[str, Any], str]:
     # A prefix collision (36^8 values) is astronomically rare; a savepoint lets us draw again.
@@ -131,10 +132,28 @@ async def _insert(
 async def _grant_broker_account(ctx: Context, row: dict[str, Any], key: str) -> None:
     """The key's MQTT account, before the key's transaction commits: if the broker cannot take
     it, the mutation fails (SERVICE_UNAVAILABLE) and no key exists (app/broker_accounts.py)."""
-    admin_url = ctx.services.settings.mqtt_admin_url
-    if admin_url:
-        async with broker_accounts.session(admin_url) as dynsec:
-            await dynsec.grant(str(row["robot_id"]), row["prefix"], key)
+    account = (str(row["robot_id"]), row["prefix"], key)
+    await broker_accounts.grant(ctx.services.settings.mqtt_admin_url, [account])
+
+
+async def issue_for_service(
+    pool: Pool, admin_url: str | None, robot_ids: list[str], name: str, lifetime: timedelta
+) -> dict[str, tuple[str, str]]:
+    """Keys the service issues itself (no smith: `created_by` is null), one per robot, with their
+    broker accounts: {robot id: (prefix, key)}. Used by `sepulki simulate` against a broker that
+    requires robots' accounts; `revoke_for_service` ends them."""
+    async with pool.acquire() as conn, conn.transaction():
+        issued = {}
+        for robot_id in robot_ids:
+            row, key = await _insert(conn, robot_id, name, None, lifetime)
+            issued[robot_id] = (row["prefix"], key)
+        await broker_accounts.grant(admin_url, [(r, p, k) for r, (p, k) in issued.items()])
+    return issued
+
+
+async def revoke_for_service(pool: Pool, admin_url: str | None, prefixes: list[str]) -> None:
+    await pool.execute(REVOKE_PREFIXES, prefixes)
+    await broker_accounts.revoke_quietly(admin_url, *prefixes)
 
 
 def _audit_view(row: dict[str, Any]) -> dict[str, Any]:

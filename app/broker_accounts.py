@@ -160,6 +160,16 @@ async def session(admin_url: str) -> AsyncIterator[DynsecSession]:
             await client.disconnect()
 
 
+async def grant(admin_url: str | None, accounts: list[tuple[str, str, str]]) -> None:
+    """Broker accounts for these (robot id, prefix, key); nothing when the service does not manage
+    the broker. Raises Unavailable if the broker cannot take them."""
+    if not admin_url or not accounts:
+        return
+    async with session(admin_url) as dynsec:
+        for robot_id, prefix, key in accounts:
+            await dynsec.grant(robot_id, prefix, key)
+
+
 async def revoke_quietly(admin_url: str | None, *prefixes: str) -> None:
     """After a revocation has committed: delete the accounts now if the broker answers, else the
     next `reconcile` does (within a minute)."""

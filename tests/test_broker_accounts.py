@@ -20,6 +20,7 @@ from gmqtt.mqtt.handler import MQTTConnectError
 
 from app import broker_accounts
 from app.settings import Settings
+from app.simulator import Plan, SimConfig, simulate
 from tests.servers import DynsecMosquittoServer, free_port
 from tests.support import Api
 from tests.test_apikeys import CREATE, REVOKE, ROTATE, create_key
@@ -151,3 +152,28 @@ async def test_no_key_is_issued_when_the_broker_cannot_take_its_account(settings
         assert payload["apiKey"] is None and payload["key"] is None
         assert [e["code"] for e in payload["errors"]] == ["SERVICE_UNAVAILABLE"]
         assert await api.services.db.fetchval("SELECT count(*) FROM api_keys WHERE robot_id = $1", ALPHA) == 0
+
+
+async def test_simulated_robots_get_keys_for_their_run_on_a_broker_that_requires_them(
+    guarded: Api, dynsec: DynsecMosquittoServer
+) -> None:
+    plan = Plan(
+        guarded.services.settings.database_url or "",
+        robots=0,
+        robot_ids=[ALPHA, BETA],
+        fleet_id=None,
+        duration_s=1.5,
+        admin_url=dynsec.admin_url,
+    )
+    stats = await simulate(plan, SimConfig(mqtt_url=dynsec.url, protocol=5, hz=5.0))
+    assert stats.as_dict()["telemetry"] > 0
+    for robot_id in (ALPHA, BETA):
+        assert await samples_of(guarded, robot_id), f"nothing stored from simulated robot {robot_id}"
+    keys = await guarded.services.db.fetch(
+        "SELECT prefix, revoked_at, created_by FROM api_keys WHERE name = 'sepulki simulate'"
+    )
+    # One key per robot for the run, issued by the service itself, revoked when it ended.
+    assert len(keys) == 2
+    assert all(k["revoked_at"] is not None and k["created_by"] is None for k in keys)
+    async with broker_accounts.session(dynsec.admin_url) as admin:
+        assert not {k["prefix"] for k in keys} & set(await admin.accounts())

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
-from app import db
+from app import apikeys, db
 from app.context import Services
 from app.simulator.robots import NoRobots, SimRobot, by_ids, pick
 from app.simulator.runner import BrokerUnreachable, SimConfig, Simulator, Stats
@@ -70,6 +71,11 @@ async def simulated_robots(services: Services) -> AsyncIterator[Simulator | None
             services.components.pop("simulator", None)
 
 
+SIMULATOR_KEY_NAME = "sepulki simulate"
+# Revoked when the run ends; expiring anyway covers a run that was killed.
+SIMULATOR_KEY_LIFETIME = timedelta(days=1)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What `sepulki simulate` was asked to do."""
@@ -80,6 +86,9 @@ class Plan:
     fleet_id: str | None
     duration_s: float | None
     register: bool = True
+    # The service manages the broker's robot accounts (SEPULKI_MQTT_ADMIN_URL): the simulated
+    # robots get keys of their own for the run, revoked when it ends.
+    admin_url: str | None = None
 
 
 async def simulate(plan: Plan, config: SimConfig) -> Stats:
@@ -92,14 +101,24 @@ async def simulate(plan: Plan, config: SimConfig) -> Stats:
             robots = await pick(
                 pool, plan.robots, plan.fleet_id, register=plan.register, skip_live_s=LIVE_WINDOW_S
             )
+        issued: dict[str, tuple[str, str]] = {}
+        if plan.admin_url:
+            issued = await apikeys.issue_for_service(
+                pool, plan.admin_url, [r.id for r in robots], SIMULATOR_KEY_NAME, SIMULATOR_KEY_LIFETIME
+            )
+            config = replace(config, credentials=issued)
+        try:
+            async with Simulator(robots, config) as simulator:
+                try:
+                    if plan.duration_s is None:
+                        await asyncio.Event().wait()
+                    else:
+                        await asyncio.sleep(plan.duration_s)
+                finally:
+                    log.info("simulator sent %s", simulator.stats.as_dict())
+        finally:
+            if issued:
+                await apikeys.revoke_for_service(pool, plan.admin_url, [p for p, _ in issued.values()])
     finally:
         await pool.close()
-    async with Simulator(robots, config) as simulator:
-        try:
-            if plan.duration_s is None:
-                await asyncio.Event().wait()
-            else:
-                await asyncio.sleep(plan.duration_s)
-        finally:
-            log.info("simulator sent %s", simulator.stats.as_dict())
     return simulator.stats

@@ -8,6 +8,7 @@ import json
 import os
 import resource
 
+from app.errors import Unavailable
 from app.settings import Settings
 from app.simulator import BrokerUnreachable, NoRobots, Plan, SimConfig, simulate
 
@@ -74,7 +75,15 @@ def run(args: argparse.Namespace) -> None:
             embedded = EmbeddedPostgres(settings.data_dir)
             dsn = await embedded.start()
         try:
-            plan = Plan(dsn, args.robots, robot_ids, args.fleet, args.duration, register=not args.no_register)
+            plan = Plan(
+                dsn,
+                args.robots,
+                robot_ids,
+                args.fleet,
+                args.duration,
+                register=not args.no_register,
+                admin_url=settings.mqtt_admin_url,
+            )
             stats = await simulate(plan, config)
             print(json.dumps({"sent": stats.as_dict()}), flush=True)
         finally:
@@ -83,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
 
     try:
         asyncio.run(main())
-    except (NoRobots, BrokerUnreachable) as exc:
+    except (NoRobots, BrokerUnreachable, Unavailable) as exc:
         raise SystemExit(f"sepulki simulate: {exc}") from None
     except KeyboardInterrupt:
         pass

@@ -49,6 +49,9 @@ class SimConfig:
     # A clean stop publishes OFFLINE (a robot powering down); False leaves the last status (dev restarts).
     offline_on_exit: bool = True
     seed: int | None = None
+    # Broker accounts by robot id (username, password), for a broker that requires them; a robot
+    # without one connects with its id as username and no password.
+    credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -109,7 +112,8 @@ class SimulatedRobot:
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self.client = gmqtt.Client(robot.id, clean_session=True, will_message=self._will(), logger=mqtt_log)
-        self.client.set_auth_credentials(robot.id)
+        username, password = config.credentials.get(robot.id, (robot.id, None))
+        self.client.set_auth_credentials(username, password)
         self.client.set_config({"reconnect_delay": 1})
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
