@@ -89,6 +89,19 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _read_varint(data: bytes, i: int) -> tuple[int, int] | None:
+    """The variable byte integer at data[i:] and the index after it; None if it is incomplete."""
+    value, shift = 0, 0
+    while i < len(data):
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not byte & 0x80:
+            return value, i
+    return None
+
+
 def _packet(kind: int, body: bytes) -> bytes:
     return bytes([kind]) + _varint(len(body)) + body
 
@@ -131,18 +144,10 @@ class _Publisher(asyncio.Protocol):
         buffer = self.buffer + data
         at, acked = 0, 0
         while len(buffer) - at >= 2:
-            length, shift, i = 0, 0, at + 1
-            while i < len(buffer):
-                byte = buffer[i]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                i += 1
-                if not byte & 0x80:
-                    break
-            else:
+            header = _read_varint(buffer, at + 1)
+            if header is None or len(buffer) < header[1] + header[0]:
                 break
-            if len(buffer) < i + length:
-                break
+            length, i = header
             kind = buffer[at] & 0xF0
             if kind == 0x40:  # PUBACK
                 acked += 1
@@ -160,14 +165,7 @@ class _Publisher(asyncio.Protocol):
         if body[1] != 0:
             self.connected.set_exception(ConnectionError(f"CONNACK reason code {body[1]}"))
             return
-        props_len, i, shift = 0, 2, 0
-        while True:
-            byte = body[i]
-            props_len |= (byte & 0x7F) << shift
-            shift += 7
-            i += 1
-            if not byte & 0x80:
-                break
+        props_len, i = _read_varint(body, 2) or (0, 2)
         props = body[i : i + props_len]
         j = 0
         while j < len(props):
