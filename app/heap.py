@@ -3,8 +3,8 @@
 CPython's defaults run a young collection every 700 net allocations and a full one after 100 of
 those. A process that fans out thousands of websocket frames a second allocates fast, and every
 full pass walks each live object (the schema, caches, every socket's state) while all sockets
-wait: with the defaults, `bench/stream.py` (1,000 subscribers) measured a p99 of 265-370 ms, with
-these settings 76-131 ms on the same machine the same hour (bench/RESULTS.md).
+wait: `bench/stream.py` (1,000 subscribers) measured a p99 of 183-330 ms with the defaults and
+15-28 ms with these settings, in alternating runs on the same machine (bench/RESULTS.md).
 """
 
 from __future__ import annotations
