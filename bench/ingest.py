@@ -385,7 +385,8 @@ class Workers:
     def total(self, field: int = 0) -> int:
         return sum(state[field] for state in self.states)
 
-    def peak_rss(self) -> list[int]:
+    def rss(self) -> list[int]:
+        """Each worker's resident memory now (ingest_phase keeps the peak)."""
         return [psutil.Process(p.pid).memory_info().rss for p in self.processes]
 
 
@@ -395,7 +396,7 @@ async def ingest_phase(
     """Messages/s from the publishers' start until the workers have committed all of them, and the
     peak RSS (bytes) of the largest worker meanwhile (sampled every 20 ms)."""
     before = workers.total()
-    peak = max(workers.peak_rss())
+    peak = max(workers.rss())
     pubs = Publishers(port, robots, total, n, offset=offset)
     pubs.launch()
     began = await asyncio.to_thread(pubs.go)
@@ -403,7 +404,7 @@ async def ingest_phase(
     while workers.total() < before + total:
         polls += 1
         if polls % 4 == 0:
-            peak = max(peak, *workers.peak_rss())
+            peak = max(peak, *workers.rss())
         await asyncio.sleep(0.005)
     elapsed = time.perf_counter() - began
     await asyncio.to_thread(pubs.join)
