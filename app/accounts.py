@@ -11,23 +11,23 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from app import audit, password_policy
+from app import audit
 from app.context import Context, Viewer
-from app.db import Pool
-from app.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited
-from app.logs import mask_email
-from app.mail import Mailer, MailError
-from app.pubsub import Recorded
-from app.security import new_secret, secret_digest
+from app.core import password_policy
+from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited
+from app.core.validation import parse_id, required_text
+from app.infra.db import Connection, Pool, returned
+from app.infra.eventlog import Recorded
+from app.infra.logs import mask_email
+from app.infra.mail import Mailer, MailError
+from app.infra.security import new_secret, secret_digest
 from app.sessions import announce, clear_login_failures, permissions_changed, revoke_smith_sessions, sign_in
 from app.smiths import SMITH_BY_EMAIL, SMITH_COLUMNS, smith_view
-from app.validation import parse_id, required_text
 
 log = logging.getLogger("sepulki.accounts")
 
@@ -115,18 +115,6 @@ class MailNotSent(DomainError):
     code = "INTERNAL_SERVER_ERROR"
 
 
-PAYLOAD_ERRORS = (Invalid, Conflict, NotFound, MailNotSent)
-
-
-async def payload(key: str, work: Awaitable[Any]) -> dict[str, Any]:
-    """A `{key, errors}` payload: the result, or the user error that stopped the mutation.
-    Authentication, permission and rate-limit failures stay GraphQL errors."""
-    try:
-        return {key: await work, "errors": None}
-    except PAYLOAD_ERRORS as exc:
-        return {key: None, "errors": [exc.as_payload_error()]}
-
-
 def _email(value: str) -> str:
     email = value.strip()
     if len(email) > MAX_EMAIL_LENGTH or not EMAIL.match(email):
@@ -135,7 +123,7 @@ def _email(value: str) -> str:
 
 
 def _link(ctx: Context, path: str, query: str) -> str:
-    return f"{ctx.services.settings.public_url.rstrip('/')}{path}?{query}"
+    return f"{ctx.resources.settings.public_url.rstrip('/')}{path}?{query}"
 
 
 def _ip(ctx: Context) -> str:
@@ -158,19 +146,21 @@ async def invite(ctx: Context, viewer: Viewer, email: str, role: str) -> dict[st
         raise Forbidden("Only an admin may invite an admin")
     if await ctx.db.fetchval(EMAIL_TAKEN, email):
         raise Conflict("An account with this email already exists", field="email")
-    limiter = ctx.services.limiter
+    limiter = ctx.resources.limiter
     await limiter.hit("mail_ip", _ip(ctx), "Too many mails sent from this address; try again later")
     await limiter.hit("mail_account", email, "Too many mails sent to this email; try again later")
     token, digest = new_secret()
-    expires_at = datetime.now(UTC) + timedelta(seconds=ctx.services.settings.invitation_ttl_s)
+    expires_at = datetime.now(UTC) + timedelta(seconds=ctx.resources.settings.invitation_ttl_s)
     try:
         async with ctx.db.acquire() as conn, conn.transaction():
             # Only the newest invitation of an email works: re-inviting replaces a lost mail.
             await conn.execute(REVOKE_PENDING_INVITATIONS, email)
-            row = dict(await conn.fetchrow(INSERT_INVITATION, email, role, digest, viewer.id, expires_at))
+            row = dict(
+                returned(await conn.fetchrow(INSERT_INVITATION, email, role, digest, viewer.id, expires_at))
+            )
             changes = {"email": email, "role": role, "expiresAt": expires_at.isoformat()}
             await audit.record(conn, ctx, viewer.id, "inviteSmith", "Invitation", row["id"], changes)
-            await ctx.services.mailer.send(
+            await ctx.resources.mailer.send(
                 email,
                 "Your invitation to Sepulki Hammer",
                 f"{viewer.name} invited you to Sepulki Hammer with the role {role}.\n\n"
@@ -191,14 +181,16 @@ async def register(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     """An AuthPayload: the new smith signed in, or why no account was created."""
     try:
         smith = await _create_account(ctx, data)
-    except PAYLOAD_ERRORS as exc:
+    except GRAPHQL_ONLY:
+        raise
+    except DomainError as exc:
         return {"session": None, "smith": None, "errors": [exc.as_payload_error()]}
     return await sign_in(ctx, smith)
 
 
 async def _create_account(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     # Each attempt may cost an argon2 hash: counted like a sign-in from the caller's address.
-    await ctx.services.limiter.hit(
+    await ctx.resources.limiter.hit(
         "login_ip", _ip(ctx), "Too many attempts from this address; try again later"
     )
     email = _email(data["email"])
@@ -211,18 +203,18 @@ async def _create_account(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
             raise Invalid(INVALID_INVITATION, field="inviteToken")
         if invitation["email"].lower() != email.lower():
             raise Invalid("Use the email address the invitation was sent to", field="email")
-    elif not ctx.services.settings.open_registration:
+    elif not ctx.resources.settings.open_registration:
         raise Invalid("Sign-up is by invitation: use the link of your invitation mail", field="inviteToken")
     role = invitation["role"] if invitation is not None else "SMITH"
     if await ctx.db.fetchval(EMAIL_TAKEN, email):
         raise Conflict("An account with this email already exists", field="email")
     await password_policy.check(data["password"], field="password", user_inputs=(email, name))
-    password_hash = await ctx.services.passwords.hash(data["password"])
+    password_hash = await ctx.resources.passwords.hash(data["password"])
     async with ctx.db.acquire() as conn, conn.transaction():
         if invitation is not None and await conn.fetchval(ACCEPT_INVITATION, invitation["id"]) is None:
             raise Invalid(INVALID_INVITATION, field="inviteToken")
         try:
-            row = await conn.fetchrow(INSERT_SMITH, email, name, password_hash, role)
+            row = returned(await conn.fetchrow(INSERT_SMITH, email, name, password_hash, role))
         except asyncpg.UniqueViolationError:
             raise Conflict("An account with this email already exists", field="email") from None
         changes = {
@@ -253,7 +245,7 @@ async def reset_password(ctx: Context, email: str) -> bool:
     (one lookup, one transaction, no wait for the mail server, which is handed the mail in the
     background), so neither the answer nor its timing tells whether an account exists."""
     email = email.strip()[:MAX_EMAIL_LENGTH]
-    limiter = ctx.services.limiter
+    limiter = ctx.resources.limiter
     await limiter.hit("mail_ip", _ip(ctx), "Too many reset requests from this address; try again later")
     try:
         await limiter.hit("mail_account", email)
@@ -266,13 +258,13 @@ async def reset_password(ctx: Context, email: str) -> bool:
     async with ctx.db.acquire() as conn, conn.transaction():
         if smith is not None and allowed:
             token, digest = new_secret()
-            expires_at = datetime.now(UTC) + timedelta(seconds=ctx.services.settings.password_reset_ttl_s)
+            expires_at = datetime.now(UTC) + timedelta(seconds=ctx.resources.settings.password_reset_ttl_s)
             await conn.execute(INSERT_RESET, smith["id"], digest, ctx.client_ip, expires_at)
         changes = {"email": email, "linkIssued": token is not None}
         smith_id = smith["id"] if smith is not None else None
         await audit.record(conn, ctx, None, "resetPassword", "Smith", smith_id, changes)
     if smith is not None and token is not None:
-        minutes = max(1, ctx.services.settings.password_reset_ttl_s // 60)
+        minutes = max(1, ctx.resources.settings.password_reset_ttl_s // 60)
         body = (
             "Someone, hopefully you, asked to reset the password of your Sepulki Hammer account.\n\n"
             f"Choose a new password with this link; it works once, for {minutes} minutes:\n\n"
@@ -280,7 +272,7 @@ async def reset_password(ctx: Context, email: str) -> bool:
             "If you did not ask for this, ignore this mail: your password stays as it is.\n"
         )
         task = asyncio.create_task(
-            _deliver(ctx.services.mailer, smith["email"], "Reset your Sepulki Hammer password", body)
+            _deliver(ctx.resources.mailer, smith["email"], "Reset your Sepulki Hammer password", body)
         )
         _deliveries.add(task)
         task.add_done_callback(_deliveries.discard)
@@ -297,7 +289,7 @@ async def confirm_password_reset(ctx: Context, token: str, new_password: str) ->
     await password_policy.check(
         new_password, field="newPassword", user_inputs=(target["email"], target["name"])
     )
-    password_hash = await ctx.services.passwords.hash(new_password)
+    password_hash = await ctx.resources.passwords.hash(new_password)
     async with ctx.db.acquire() as conn, conn.transaction():
         smith_id = await conn.fetchval(USE_RESET, digest)
         row = await conn.fetchrow(SET_PASSWORD, smith_id, password_hash) if smith_id else None
@@ -317,16 +309,16 @@ async def change_password(ctx: Context, viewer: Viewer, old: str, new: str) -> d
     """Checks the current password (wrong guesses count towards the sign-in lockout of the
     account, so a stolen access token cannot be used to guess it), sets the new one and revokes
     every other session of the smith."""
-    limiter = ctx.services.limiter
+    limiter = ctx.resources.limiter
     await limiter.check("login_lockout", viewer.email, LOCKED)
     current = await ctx.db.fetchval(PASSWORD_HASH_OF, viewer.id)
-    if current is None or not await ctx.services.passwords.verify(current, old):
+    if current is None or not await ctx.resources.passwords.verify(current, old):
         await limiter.hit("login_lockout", viewer.email, LOCKED)
         raise Invalid("The current password is incorrect", field="old")
     if new == old:
         raise Invalid("The new password must differ from the current one", field="new")
     await password_policy.check(new, field="new", user_inputs=(viewer.email, viewer.name))
-    password_hash = await ctx.services.passwords.hash(new)
+    password_hash = await ctx.resources.passwords.hash(new)
     async with ctx.db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(SET_PASSWORD, viewer.id, password_hash)
         if row is None:
@@ -362,7 +354,7 @@ async def update_profile(ctx: Context, viewer: Viewer, data: dict[str, Any]) -> 
                 f"preferences must be at most {MAX_PREFERENCES_BYTES} bytes of JSON", field="preferences"
             )
     async with ctx.db.acquire() as conn, conn.transaction():
-        before = await conn.fetchrow(PROFILE_FOR_UPDATE, viewer.id)
+        before = returned(await conn.fetchrow(PROFILE_FOR_UPDATE, viewer.id))
         row = await conn.fetchrow(UPDATE_PROFILE, viewer.id, name, preferences)
         changes: dict[str, Any] = {}
         if name is not None and name != before["name"]:
@@ -382,7 +374,7 @@ def _check_admin_change(viewer: Viewer, *roles: str) -> None:
         raise Forbidden("Only an admin may change an admin account or grant the ADMIN role")
 
 
-async def _lock_target(conn: asyncpg.Connection, smith_id: str) -> tuple[dict[str, Any], set[str]]:
+async def _lock_target(conn: Connection, smith_id: str) -> tuple[dict[str, Any], set[str]]:
     admins = {r["id"] for r in await conn.fetch(LOCK_ACTIVE_ADMINS)}
     target = await conn.fetchrow(LOCK_SMITH, smith_id)
     if target is None:

@@ -16,11 +16,12 @@ from typing import Any
 
 import asyncpg
 
-from app import audit, broker_accounts
+from app import audit
 from app.context import Context, Viewer
-from app.db import Pool
-from app.errors import Conflict, DomainError, Invalid, NotFound
-from app.security import secret_digest
+from app.core.errors import Conflict, DomainError, Invalid, NotFound
+from app.infra import broker_accounts
+from app.infra.db import Connection, Pool, returned
+from app.infra.security import secret_digest
 
 KEY_SCHEME = "sk_robot_"
 PREFIX_CHARS = 8
@@ -109,7 +110,7 @@ async def list_keys(pool: Pool, robot_id: str) -> list[dict[str, Any]]:
 
 
 async def _insert(
-    conn: asyncpg.Connection,
+    conn: Connection,
     robot_id: str,
     name: str | None,
     created_by: str | None,
@@ -120,8 +121,10 @@ async def _insert(
         key, prefix = generate_key()
         try:
             async with conn.transaction():
-                row = await conn.fetchrow(
-                    INSERT_KEY, robot_id, prefix, secret_digest(key), name, created_by, lifetime
+                row = returned(
+                    await conn.fetchrow(
+                        INSERT_KEY, robot_id, prefix, secret_digest(key), name, created_by, lifetime
+                    )
                 )
         except asyncpg.UniqueViolationError:
             continue
@@ -133,7 +136,7 @@ async def _grant_broker_account(ctx: Context, row: dict[str, Any], key: str) -> 
     """The key's MQTT account, before the key's transaction commits: if the broker cannot take
     it, the mutation fails (SERVICE_UNAVAILABLE) and no key exists (app/broker_accounts.py)."""
     account = (str(row["robot_id"]), row["prefix"], key)
-    await broker_accounts.grant(ctx.services.settings.mqtt_admin_url, [account])
+    await broker_accounts.grant(ctx.resources.settings.mqtt_admin_url, [account])
 
 
 async def issue_for_service(
@@ -208,7 +211,7 @@ async def rotate(ctx: Context, viewer: Viewer, key_id: str) -> dict[str, Any]:
             await audit.record(conn, ctx, viewer.id, "rotateRobotApiKey", "RobotApiKey", row["id"], changes)
     except DomainError as exc:
         return {"api_key": None, "key": None, "errors": [exc.as_payload_error()]}
-    await broker_accounts.revoke_quietly(ctx.services.settings.mqtt_admin_url, old["prefix"])
+    await broker_accounts.revoke_quietly(ctx.resources.settings.mqtt_admin_url, old["prefix"])
     return {"api_key": row, "key": key, "errors": None}
 
 
@@ -220,14 +223,14 @@ async def revoke(ctx: Context, viewer: Viewer, key_id: str) -> dict[str, Any]:
             raise NotFound.of("RobotApiKey", key_id)
         if old["revoked_at"] is not None:
             return dict(old)
-        row = dict(await conn.fetchrow(REVOKE_KEY, key_id))
+        row = dict(returned(await conn.fetchrow(REVOKE_KEY, key_id)))
         changes = {
             "robotId": row["robot_id"],
             "prefix": row["prefix"],
             "revokedAt": row["revoked_at"].isoformat(),
         }
         await audit.record(conn, ctx, viewer.id, "revokeRobotApiKey", "RobotApiKey", key_id, changes)
-    await broker_accounts.revoke_quietly(ctx.services.settings.mqtt_admin_url, row["prefix"])
+    await broker_accounts.revoke_quietly(ctx.resources.settings.mqtt_admin_url, row["prefix"])
     return row
 
 
@@ -253,3 +256,20 @@ async def authenticate(pool: Pool, key: str) -> str | None:
         await pool.execute(TOUCH_KEY, row["id"], LAST_USED_RESOLUTION_S)
     robot_id: str = row["robot_id"]
     return robot_id
+
+
+# Keys whose broker account may stay: live, unexpired, of a robot that exists.
+LIVE_PREFIXES = """
+SELECT k.prefix FROM api_keys k JOIN robots r ON r.id = k.robot_id AND r.deleted_at IS NULL
+WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+"""
+
+
+async def live_prefixes(pool: Pool) -> set[str]:
+    """The prefixes of keys whose broker accounts may stay."""
+    return {row["prefix"] for row in await pool.fetch(LIVE_PREFIXES)}
+
+
+async def reconcile_broker_accounts(pool: Pool, admin_url: str) -> list[str]:
+    """Deletes the broker accounts of keys that may no longer be used; returns their usernames."""
+    return await broker_accounts.reconcile(admin_url, lambda: live_prefixes(pool))

@@ -12,12 +12,10 @@ import binascii
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
 from app.context import Context
-from app.db import Pool
-from app.errors import Invalid
-from app.validation import parse_id, storable_text
+from app.core.errors import Invalid
+from app.core.validation import parse_id, storable_text
+from app.infra.db import Connection, Pool
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
@@ -44,7 +42,7 @@ LIMIT $9
 
 
 async def record(
-    conn: asyncpg.Connection,
+    conn: Connection,
     ctx: Context,
     smith_id: str | None,
     action: str,

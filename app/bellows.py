@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.context import Context
-from app.db import Pool
-from app.errors import Invalid, NotFound
-from app.validation import parse_id
+from app.core.errors import Invalid, NotFound
+from app.core.validation import parse_id
+from app.infra.db import Pool
 
 MAX_WINDOW = timedelta(days=31)
 DEFAULT_DURATION = "1h"

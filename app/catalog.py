@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.db import Pool, fetch_by_ids, group_rows
-from app.validation import page, parse_id
+from app.core.validation import page, parse_id
+from app.infra.db import Pool, fetch_by_ids, group_rows
 
 LIST_PATTERNS = """
 SELECT * FROM patterns

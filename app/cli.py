@@ -1,21 +1,27 @@
-"""`sepulki` command line: dev, serve, migrate, seed."""
+"""`sepulki` command line: dev, serve, migrate, seed, worker, ingest, simulate, env-example."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import signal
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from app import logs
 from app.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from app.resources import Role
+
+Command = Callable[[argparse.Namespace, Settings], None]
 
 
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from app.server import create_app
+    from app.infra import logs
+    from app.web.app import create_app
 
     uvicorn.run(
         create_app(settings, owns_process=True),
@@ -35,14 +41,19 @@ def _serve(settings: Settings) -> None:
     )
 
 
-def cmd_dev(args: argparse.Namespace) -> None:
+def _require(settings: Settings, command: str, *names: str) -> None:
+    missing = [f"SEPULKI_{name.upper()}" for name in names if getattr(settings, name) is None]
+    if missing:
+        hint = " (use `sepulki dev` locally)" if command == "serve" else ""
+        sys.exit(f"sepulki {command}: {' and '.join(missing)} required{hint}")
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> None:
     """Everything in one process with embedded defaults: nothing to install or configure."""
-    settings = Settings.from_env()
     if settings.mqtt_url is None:
         # The embedded amqtt broker speaks MQTT 3.1.1 only (no $share): the ingest uses plain topics.
-        port = int(os.environ.get("SEPULKI_MQTT_PORT", "1883"))
-        settings = replace(
-            settings, mqtt_url=f"mqtt://127.0.0.1:{port}", mqtt_protocol=4, embedded_broker=True
+        settings = settings.replace(
+            mqtt_url=f"mqtt://127.0.0.1:{settings.mqtt_port}", mqtt_protocol=4, embedded_broker=True
         )
     print(
         f"Sepulki Hammer (development): GraphiQL at http://{settings.host}:{settings.port}/graphql\n"
@@ -52,31 +63,28 @@ def cmd_dev(args: argparse.Namespace) -> None:
     _serve(settings)
 
 
-def cmd_simulate(args: argparse.Namespace) -> None:
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> None:
     """Simulated robots publishing telemetry, status and events over MQTT, acknowledging commands."""
     from app.simulator import command
 
     command.run(args)
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    settings = Settings.from_env()
-    if settings.database_url is None:
-        sys.exit("SEPULKI_DATABASE_URL is required for `sepulki serve` (use `sepulki dev` locally)")
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    """The API against SEPULKI_DATABASE_URL."""
+    _require(settings, "serve", "database_url")
     _serve(settings)
 
 
-def cmd_migrate(args: argparse.Namespace) -> None:
-    from app import db
-
-    settings = Settings.from_env()
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    """Applies pending migrations (idempotent)."""
+    from app.infra import db
+    from app.infra.embedded_postgres import EmbeddedPostgres
 
     async def run() -> None:
         if settings.database_url:
             await db.migrate(settings.database_url)
             return
-        from app.embedded import EmbeddedPostgres
-
         embedded = EmbeddedPostgres(settings.data_dir)
         try:
             await db.migrate(await embedded.start())
@@ -87,19 +95,19 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print("migrations applied")
 
 
-def cmd_seed(args: argparse.Namespace) -> None:
-    from app import db, seed
-    from app.security import Passwords
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> None:
+    """Loads the development seed (idempotent; refused in production)."""
+    from app.infra import db, seed
+    from app.infra.embedded_postgres import EmbeddedPostgres
+    from app.infra.security import Passwords
 
-    settings = Settings.from_env()
     if settings.production:
         sys.exit("refusing to load the development seed with SEPULKI_ENV=production")
 
     async def run() -> None:
-        from app.embedded import EmbeddedPostgres
-
         embedded = None if settings.database_url else EmbeddedPostgres(settings.data_dir)
-        dsn = settings.database_url or await embedded.start()  # type: ignore[union-attr]
+        dsn = settings.database_url if embedded is None else await embedded.start()
+        assert dsn is not None
         try:
             await db.migrate(dsn)
             await seed.load(dsn, Passwords(settings))
@@ -111,46 +119,65 @@ def cmd_seed(args: argparse.Namespace) -> None:
     print("development seed loaded")
 
 
-def cmd_worker(args: argparse.Namespace) -> None:
-    """Command dispatch and timeouts, without the API (any number may run)."""
-    from app import commands
+async def _run_role(settings: Settings, role: Role) -> None:
+    """Opens the role's resources, runs its components until SIGTERM or SIGINT."""
+    import logging
 
-    settings = Settings.from_env()
-    if settings.database_url is None:
-        sys.exit("SEPULKI_DATABASE_URL is required for `sepulki worker`")
-    asyncio.run(commands.run_worker(settings))
+    from app.resources import open_resources
+    from app.workers import run_components
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_resources(settings, role) as resources, run_components(resources, role):
+        logging.getLogger("sepulki").info("sepulki %s running", role)
+        await stop.wait()
 
 
-def cmd_ingest(args: argparse.Namespace) -> None:
-    """MQTT ingest worker: robot telemetry, status, events and acks into PostgreSQL."""
-    from app import heap
-    from app.ingest.service import run_worker
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    """Command dispatch to robots and command timeouts, without the API (any number may run)."""
+    _require(settings, "worker", "database_url")
+    asyncio.run(_run_role(settings, "worker"))
 
-    settings = Settings.from_env()
-    if settings.database_url is None or settings.mqtt_url is None:
-        sys.exit("SEPULKI_DATABASE_URL and SEPULKI_MQTT_URL are required for `sepulki ingest`")
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
+    """The MQTT ingest worker: robot telemetry, status, events and acks into PostgreSQL."""
+    from app.infra import heap
+
+    _require(settings, "ingest", "database_url", "mqtt_url")
     heap.settle()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        asyncio.run(run_worker(settings))
+        asyncio.run(_run_role(settings, "ingest"))
     else:
-        uvloop.run(run_worker(settings))
+        uvloop.run(_run_role(settings, "ingest"))
+
+
+def cmd_env_example(args: argparse.Namespace, settings: Settings) -> None:
+    """Prints .env.example: every variable, its default and what it does."""
+    from app.settings import env_example
+
+    sys.stdout.write(env_example())
+
+
+COMMANDS: dict[str, Command] = {
+    "dev": cmd_dev,
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "seed": cmd_seed,
+    "worker": cmd_worker,
+    "ingest": cmd_ingest,
+    "env-example": cmd_env_example,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    logs.configure(os.environ.get("SEPULKI_LOG_LEVEL", "INFO"))
     parser = argparse.ArgumentParser(prog="sepulki", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn in (
-        ("dev", cmd_dev),
-        ("serve", cmd_serve),
-        ("migrate", cmd_migrate),
-        ("seed", cmd_seed),
-        ("worker", cmd_worker),
-        ("ingest", cmd_ingest),
-    ):
-        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
+    for name, fn in COMMANDS.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0])
         p.set_defaults(func=fn)
     from app.simulator.command import add_arguments as simulate_arguments
 
@@ -158,8 +185,19 @@ def main(argv: list[str] | None = None) -> None:
     simulate_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
     args = parser.parse_args(argv)
+    if args.func is cmd_env_example:
+        cmd_env_example(args, Settings.model_construct())
+        return
     try:
-        args.func(args)
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        # One line naming the variable and what it accepts, not a traceback.
+        sys.exit(f"sepulki: configuration refused: {exc}")
+    from app.infra import logs
+
+    logs.configure(settings.log_level)
+    try:
+        args.func(args, settings)
     except SettingsError as exc:
         sys.exit(f"sepulki: {exc}")
 

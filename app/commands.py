@@ -10,7 +10,8 @@ and the sweeper expires or times out what is left.
 Every change is an event_log row written in its transaction, published after commit on
 `commands:{robotId}` and `commands:*`. Delivery is at least once: a dispatcher that dies after
 publishing but before committing SENT leaves the row QUEUED, and another sends it again, so a
-robot must treat a repeated commandId as the same command.
+robot must treat a repeated commandId as the same command. The dispatcher and the sweeper are
+app.workers.commands; this module holds the states, their SQL and the rules.
 
 Acks that change nothing are ignored and logged, never dead-lettered: a repeated ack is what
 at-least-once MQTT delivery produces, and a late ack for a TIMED_OUT command does not reopen it
@@ -20,32 +21,22 @@ command is logged as a warning: it points at a misbehaving robot.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import re
-import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from broadcaster import Broadcast
-from gmqtt import Client as MQTTClient
-from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv50, MQTTv311
 
-from app import audit, db
-from app.context import Context, Services, Viewer
-from app.db import Pool, fetch_by_ids
-from app.errors import Invalid, NotFound
-from app.ingest.mqtt import broker_address
-from app.mail import create_mailer
-from app.pubsub import Events, channels, jsonable
-from app.ratelimit import RateLimiter
-from app.security import Passwords, Tokens
-from app.settings import Settings
+from app import audit
+from app.context import Context, Viewer
+from app.core.channels import channels
+from app.core.errors import Invalid, NotFound
+from app.core.jsonable import jsonable
+from app.infra.bus import Events
+from app.infra.db import Connection, Pool, fetch_by_ids
 
 log = logging.getLogger("sepulki.commands")
 
@@ -56,13 +47,7 @@ MAX_DETAIL_CHARS = 1000
 ACK_STATES = frozenset({"RECEIVED", "SUCCEEDED", "FAILED"})
 # LISTEN/NOTIFY channel: enqueue notifies it (delivered at commit), the dispatcher wakes up.
 NOTIFY_CHANNEL = "robot_commands"
-DISPATCH_BATCH = 100
-# The dispatcher also polls this often, for a notification lost while its connection was down.
-DISPATCH_POLL_S = 2.0
-# How long a publish may wait for the broker to free an in-flight slot before the batch stops.
-PUBLISH_WAIT_S = 5.0
 SWEEP_BATCH = 1000
-SWEEP_INTERVAL_S = 1.0
 # pg_try_advisory_lock key: one sweeper per database acts, whatever the number of replicas.
 SWEEPER_LOCK = 0x5E9C_0DE5
 
@@ -143,7 +128,7 @@ TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-async def _record(conn: asyncpg.Connection, rows: list[Any]) -> list[dict[str, Any]]:
+async def _record(conn: Connection, rows: list[Any]) -> list[dict[str, Any]]:
     """The changed rows as event payloads, logged in the caller's transaction; each carries its
     `event_id` for `publish`."""
     if not rows:
@@ -171,7 +156,7 @@ async def publish(events: Events, changes: list[dict[str, Any]]) -> None:
 
 
 async def enqueue(
-    conn: asyncpg.Connection,
+    conn: Connection,
     robot_ids: list[str],
     type: str,
     params: dict[str, Any],
@@ -207,7 +192,7 @@ def _ack_row(ack: dict[str, Any]) -> Ack | None:
     return command_id, robot_id, state, detail, at
 
 
-async def apply_acks(conn: asyncpg.Connection, acks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def apply_acks(conn: Connection, acks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Applies robots' acks (`robot_id`, `command_id`, `state`, `detail`, `received_at`) in the
     caller's transaction, in their order; returns the changed commands for `publish` after commit.
     Acks that change nothing are logged and left out (see the module docstring)."""
@@ -231,7 +216,7 @@ async def apply_acks(conn: asyncpg.Connection, acks: list[dict[str, Any]]) -> li
     return await _record(conn, changed)
 
 
-async def _log_ignored(conn: asyncpg.Connection, ids: set[str], acks: dict[str, Ack]) -> None:
+async def _log_ignored(conn: Connection, ids: set[str], acks: dict[str, Ack]) -> None:
     known = {r["id"]: r for r in await conn.fetch(COMMANDS_SEEN, list(ids))}
     for command_id in sorted(ids):
         robot_id, state = acks[command_id][1], acks[command_id][2]
@@ -280,7 +265,7 @@ def check_command(
 async def send(
     ctx: Context, viewer: Viewer, robot_id: str, type: str, params: Any, ttl_seconds: int | None
 ) -> dict[str, Any]:
-    params, ttl = check_command(type, params, ttl_seconds, ctx.services.settings.command_ttl_s)
+    params, ttl = check_command(type, params, ttl_seconds, ctx.resources.settings.command_ttl_s)
     async with ctx.db.acquire() as conn, conn.transaction():
         if await conn.fetchval(ROBOT_EXISTS, robot_id) is None:
             raise NotFound.of("Robot", robot_id)
@@ -291,46 +276,7 @@ async def send(
     return command
 
 
-# --- Background: a connection of their own, the dispatcher, the sweeper ------------------------
-
-
-class _OwnConnection:
-    """A connection that stays the same across a loop's iterations (LISTEN and a session advisory
-    lock need that), reopened after a failure. Opened directly when the database URL is known, so
-    its periodic statements stay out of the request pool; from the pool in embedded mode."""
-
-    def __init__(self, services: Services, on_open: Callable[[asyncpg.Connection], Awaitable[None]]) -> None:
-        self._services = services
-        self._on_open = on_open
-        self._conn: asyncpg.Connection | None = None
-        self._pooled = False
-
-    async def get(self) -> asyncpg.Connection:
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
-        await self.close()
-        dsn = self._services.settings.database_url
-        if dsn is None:
-            self._conn, self._pooled = await self._services.db.acquire(), True
-        else:
-            self._conn, self._pooled = await db.connect(dsn), False
-        await self._on_open(self._conn)
-        return self._conn
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if self._pooled:
-            await self._services.db.release(conn)
-        elif not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.close(), 5)
-            except _DB_ERRORS:
-                conn.terminate()
-
-
-async def sweep(conn: asyncpg.Connection, ack_timeout_s: int) -> list[dict[str, Any]]:
+async def sweep(conn: Connection, ack_timeout_s: int) -> list[dict[str, Any]]:
     """One pass: QUEUED past expiry -> EXPIRED, SENT/RECEIVED past the ack timeout -> TIMED_OUT.
     Returns the changes (at most SWEEP_BATCH of each) for `publish`."""
     async with conn.transaction():
@@ -339,206 +285,29 @@ async def sweep(conn: asyncpg.Connection, ack_timeout_s: int) -> list[dict[str, 
         return await _record(conn, [*expired, *timed_out])
 
 
-class Sweeper:
-    """Expires and times out commands every second, on the replica holding the advisory lock."""
-
-    def __init__(self, services: Services) -> None:
-        self._services = services
-        self._leader = False
-        self._conn = _OwnConnection(services, self._opened)
-
-    @property
-    def leader(self) -> bool:
-        """Whether this sweeper holds the lock, so acts."""
-        return self._leader
-
-    async def _opened(self, _conn: asyncpg.Connection) -> None:
-        self._leader = False  # a session lock does not survive its connection
-
-    async def run(self) -> None:
-        try:
-            while True:
-                try:
-                    await self.tick()
-                except _DB_ERRORS as exc:
-                    log.warning("command sweeper: %s; reconnecting", exc)
-                    await self._conn.close()
-                await asyncio.sleep(SWEEP_INTERVAL_S)
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        """Closes the connection, which releases the lock for another replica."""
-        await self._conn.close()
-        self._leader = False
-
-    async def tick(self) -> None:
-        conn = await self._conn.get()
-        if not self._leader:
-            self._leader = bool(await conn.fetchval(TRY_LOCK, SWEEPER_LOCK))
-        if not self._leader:
-            return
-        while True:
-            changes = await sweep(conn, self._services.settings.command_ack_timeout_s)
-            await publish(self._services.events, changes)
-            if len(changes) < SWEEP_BATCH:
-                return
+async def claim(conn: Connection, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` QUEUED commands, locked for this transaction (emergency stops first)."""
+    rows: list[asyncpg.Record] = await conn.fetch(CLAIM, limit)
+    return rows
 
 
-class Dispatcher:
-    """Publishes QUEUED commands QoS 1 to robots/{robotId}/commands and marks them SENT; wakes on
-    NOTIFY robot_commands, on (re)connecting to the broker, and every DISPATCH_POLL_S."""
-
-    def __init__(self, services: Services) -> None:
-        self._services = services
-        self._wake = asyncio.Event()
-        self._conn = _OwnConnection(services, self._opened)
-        settings = services.settings
-        self._client = MQTTClient(f"{settings.mqtt_client_id}-commands")
-        self._client.on_connect = lambda *_: self._wake.set()
-        self._connected = False
-
-    def _notified(self, *_: Any) -> None:
-        self._wake.set()
-
-    async def _opened(self, conn: asyncpg.Connection) -> None:
-        await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-        conn.add_termination_listener(self._notified)
-
-    async def run(self) -> None:
-        try:
-            await self._connect_broker()
-            while True:
-                self._wake.clear()
-                try:
-                    await self.drain()
-                except _DB_ERRORS as exc:
-                    log.warning("command dispatcher: %s; reconnecting", exc)
-                    await self._conn.close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S)
-        finally:
-            await self._conn.close()
-            if self._connected:
-                # Also stops gmqtt's own reconnect attempts when the broker is gone.
-                try:
-                    await asyncio.wait_for(self._client.disconnect(), 5)
-                except (OSError, TimeoutError) as exc:
-                    log.warning("command dispatcher: MQTT disconnect failed: %s", exc)
-
-    async def _connect_broker(self) -> None:
-        settings = self._services.settings
-        assert settings.mqtt_url is not None
-        host, port, tls, user, password = broker_address(settings.mqtt_url)
-        if user is not None:
-            self._client.set_auth_credentials(user, password)
-        version = MQTTv50 if settings.mqtt_protocol == 5 else MQTTv311
-        # gmqtt reconnects by itself once connected; only the first connection is ours to retry.
-        self._client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": 2})
-        while True:
-            try:
-                await asyncio.wait_for(self._client.connect(host, port, ssl=tls, version=version), 10)
-                self._connected = True
-                log.info("command dispatcher connected to %s:%s", host, port)
-                return
-            except Exception as exc:  # noqa: BLE001 - gmqtt raises several kinds; all mean "retry"
-                log.warning("command dispatcher cannot reach MQTT %s:%s: %s", host, port, exc)
-                await asyncio.sleep(2)
-
-    async def drain(self) -> None:
-        """Sends batches until nothing QUEUED is left or the broker is gone."""
-        while self._client.is_connected:
-            conn = await self._conn.get()
-            async with conn.transaction():
-                rows = await conn.fetch(CLAIM, DISPATCH_BATCH)
-                sent = []
-                for row in rows:
-                    if not await self._publish(row):
-                        break
-                    sent.append(row["id"])
-                # A crash before this commit leaves the rows QUEUED: sent again, at least once.
-                changes = await _record(conn, await conn.fetch(MARK_SENT, sent)) if sent else []
-            await publish(self._services.events, changes)
-            if len(rows) < DISPATCH_BATCH or len(sent) < len(rows):
-                return
-
-    async def _publish(self, row: Any) -> bool:
-        """Hands the command to gmqtt, which retransmits a QoS 1 publish until the broker acks it."""
-        message = {
-            "commandId": row["id"],
-            "type": row["type"],
-            "params": row["params"],
-            "issuedAt": row["issued_at"].isoformat(),
-            "expiresAt": row["expires_at"].isoformat(),
-        }
-        topic = f"robots/{row['robot_id']}/commands"
-        payload = json.dumps(message).encode()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PUBLISH_WAIT_S
-        attempt = 0
-        while True:
-            try:
-                self._client.publish(topic, payload, qos=1)
-                return True
-            except OverflowError:
-                # No free packet id: the broker's receive maximum of unacked QoS 1 publishes is
-                # reached (about 20 under MQTT 5). Its PUBACKs, read by the loop, free them.
-                if loop.time() > deadline or not self._client.is_connected:
-                    log.warning("command dispatcher: broker stopped acknowledging; retrying later")
-                    return False
-                attempt += 1
-                await asyncio.sleep(0 if attempt < 100 else 0.005)
+async def mark_sent(conn: Connection, ids: list[str]) -> list[dict[str, Any]]:
+    """The claimed commands handed to the broker -> SENT; returns the changes for `publish`."""
+    return await _record(conn, await conn.fetch(MARK_SENT, ids)) if ids else []
 
 
-@contextlib.asynccontextmanager
-async def _running(services: Services, name: str, runner: Sweeper | Dispatcher) -> AsyncIterator[Any]:
-    task = asyncio.create_task(runner.run(), name=name)
-    services.components[name] = runner
-    try:
-        yield runner
-    finally:
-        services.components.pop(name, None)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def command_message(row: Any) -> tuple[str, bytes]:
+    """The topic and payload a robot receives for a command row."""
+    message = {
+        "commandId": row["id"],
+        "type": row["type"],
+        "params": row["params"],
+        "issuedAt": row["issued_at"].isoformat(),
+        "expiresAt": row["expires_at"].isoformat(),
+    }
+    return f"robots/{row['robot_id']}/commands", json.dumps(message).encode()
 
 
-def sweeper(services: Services) -> contextlib.AbstractAsyncContextManager[Any]:
-    """Runtime component: the expiry and ack-timeout sweeper (needs no broker)."""
-    return _running(services, "command_sweeper", Sweeper(services))
-
-
-def dispatcher(services: Services) -> contextlib.AbstractAsyncContextManager[Any]:
-    """Runtime component: the command dispatcher, when an MQTT broker is configured."""
-    if services.settings.mqtt_url is None:
-        return contextlib.nullcontext()
-    return _running(services, "command_dispatcher", Dispatcher(services))
-
-
-async def run_worker(settings: Settings) -> None:
-    """`sepulki worker`: the sweeper and the dispatcher without the API, until SIGTERM or SIGINT."""
-    assert settings.database_url is not None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    pool = await db.create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max)
-    try:
-        async with Broadcast(settings.broadcast_url) as broadcast:
-            services = Services(
-                settings=settings,
-                db=pool,
-                events=Events(broadcast),
-                passwords=Passwords(settings),
-                tokens=Tokens(settings),
-                uploads_dir=settings.data_dir / "uploads",
-                mailer=create_mailer(settings),
-                limiter=RateLimiter(settings),
-            )
-            async with sweeper(services), dispatcher(services):
-                log.info(
-                    "sepulki worker running: command sweeper%s", ", dispatcher" * bool(settings.mqtt_url)
-                )
-                await stop.wait()
-    finally:
-        await pool.close()
+async def try_lead_sweeping(conn: Connection) -> bool:
+    """Takes the sweeper's session advisory lock on this connection, if no other replica holds it."""
+    return bool(await conn.fetchval(TRY_LOCK, SWEEPER_LOCK))

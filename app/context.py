@@ -1,22 +1,27 @@
-"""The per-request context: services from the lifespan, the viewer, the loaders."""
+"""The per-request context: the process's resources, the viewer, the DataLoaders.
+
+A batch function lives beside its SQL in the domain module, is named `<result>_by_<key>`,
+takes the pool and the keys, runs one `= ANY($1)` query and returns results in key order;
+`Loaders` makes one DataLoader per batch function per request, on first use.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from starlette.requests import HTTPConnection
+from aiodataloader import DataLoader
 
-from app.db import Pool
-from app.errors import Forbidden, Unauthenticated
-from app.loaders import Loaders
-from app.mail import Mailer
-from app.permissions import Perm, effective_permissions
-from app.pubsub import Events
-from app.ratelimit import RateLimiter
-from app.security import Passwords, Tokens
-from app.settings import Settings
+if TYPE_CHECKING:
+    from graphql import GraphQLResolveInfo
+
+from app.core.errors import Forbidden, Unauthenticated
+from app.core.permissions import Perm, effective_permissions
+from app.infra.bus import Events
+from app.infra.db import Pool
+from app.resources import Resources
 
 VIEWER_SQL = """
 SELECT s.id, s.email, s.name, s.role::text AS role, s.permissions
@@ -26,20 +31,33 @@ WHERE s.id = $1 AND ses.id = $2 AND s.is_active AND s.deleted_at IS NULL
 """
 
 
-@dataclass(slots=True)
-class Services:
-    """Long-lived resources, created once in the lifespan."""
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+# An async function (aiodataloader accepts no other) returning one result per key.
+BatchFn = Callable[[Pool, list[Any]], Coroutine[Any, Any, list[Any]]]
 
-    settings: Settings
-    db: Pool
-    events: Events
-    passwords: Passwords
-    tokens: Tokens
-    uploads_dir: Path
-    mailer: Mailer
-    limiter: RateLimiter
-    # What background components publish for others, e.g. "pipeline" (the ingest pipeline).
-    components: dict[str, Any] = field(default_factory=dict)
+
+class Loaders:
+    __slots__ = ("_loaders", "_pool")
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._loaders: dict[BatchFn, DataLoader] = {}
+
+    def __call__(self, batch_fn: BatchFn) -> DataLoader:
+        loader = self._loaders.get(batch_fn)
+        if loader is None:
+            loader = DataLoader(partial(batch_fn, self._pool))
+            self._loaders[batch_fn] = loader
+        return loader
+
+    async def load(self, batch_fn: Callable[[Pool, list[K]], Coroutine[Any, Any, list[T]]], key: K) -> T:
+        """The batch function's result for `key`, batched with the other loads of this tick."""
+        result: T = await self(batch_fn).load(key)
+        return result
+
+    def prime(self, batch_fn: BatchFn, key: Hashable, value: Any) -> None:
+        self(batch_fn).prime(key, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,29 +82,27 @@ _UNSET: Any = object()
 
 @dataclass(slots=True)
 class Context:
-    services: Services
-    connection: HTTPConnection | None
+    """One request's (or one websocket operation's) view of the service. `client_ip` and
+    `user_agent` come from the connection, for the audit trail and rate limits."""
+
+    resources: Resources
     token: str | None
-    loaders: Loaders
+    client_ip: str | None = None
+    user_agent: str | None = None
+    loaders: Loaders = field(init=False)
     _viewer: Viewer | None = field(default=_UNSET)
     _auth_error: Unauthenticated | None = None
 
+    def __post_init__(self) -> None:
+        self.loaders = Loaders(self.resources.db)
+
     @property
     def db(self) -> Pool:
-        return self.services.db
+        return self.resources.db
 
     @property
     def events(self) -> Events:
-        return self.services.events
-
-    @property
-    def client_ip(self) -> str | None:
-        client = self.connection.client if self.connection is not None else None
-        return client.host if client else None
-
-    @property
-    def user_agent(self) -> str | None:
-        return self.connection.headers.get("user-agent") if self.connection is not None else None
+        return self.resources.events
 
     async def viewer(self) -> Viewer | None:
         """The signed-in smith, verified once per request; None when anonymous or invalid."""
@@ -98,7 +114,7 @@ class Context:
         if not self.token:
             return None
         try:
-            claims = self.services.tokens.verify(self.token)
+            claims = self.resources.tokens.verify(self.token)
         except Unauthenticated as exc:
             self._auth_error = exc
             return None
@@ -146,3 +162,7 @@ def token_from_init_payload(payload: dict[str, Any] | None) -> str | None:
     if isinstance(value, str) and value.strip():
         return bearer_token(value) or value.strip()
     return None
+
+
+# What resolvers receive: graphql-core's info with our Context.
+Info: TypeAlias = "GraphQLResolveInfo[Context]"

@@ -6,9 +6,9 @@ from typing import Any
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, fetch_by_ids
-from app.errors import Forbidden, Invalid, NotFound
-from app.validation import parse_id, required_text
+from app.core.errors import Forbidden, Invalid, NotFound
+from app.core.validation import required_text
+from app.infra.db import Pool, fetch_by_ids, returned
 
 APPLIES_TO_KEYS = frozenset({"fleets", "robots", "locations", "taskTypes"})
 
@@ -117,40 +117,35 @@ def _check_owner(viewer: Viewer, edict: Any) -> None:
         raise Forbidden("Only the edict's creator or an ADMIN may change it")
 
 
-async def add(ctx: Context, edict_input: dict[str, Any]) -> dict[str, Any]:
-    viewer = await ctx.require()
+async def add(ctx: Context, viewer: Viewer, edict_input: dict[str, Any]) -> dict[str, Any]:
     values = _values(edict_input)
     async with ctx.db.acquire() as conn, conn.transaction():
-        edict = dict(await conn.fetchrow(INSERT_EDICT, *values, viewer.id))
+        edict = dict(returned(await conn.fetchrow(INSERT_EDICT, *values, viewer.id)))
         changes = {"name": edict["name"], "type": edict["type"], "severity": edict["severity"]}
         await audit.record(conn, ctx, viewer.id, "addEdict", "Edict", edict["id"], changes)
     return edict
 
 
-async def update(ctx: Context, edict_id: str, edict_input: dict[str, Any]) -> dict[str, Any]:
-    viewer = await ctx.require()
-    edict_id = parse_id(edict_id)
+async def update(ctx: Context, viewer: Viewer, edict_id: str, edict_input: dict[str, Any]) -> dict[str, Any]:
     values = _values(edict_input)
     async with ctx.db.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(LOCK_EDICT, edict_id)
         if current is None:
             raise NotFound.of("Edict", edict_id)
         _check_owner(viewer, current)
-        edict = dict(await conn.fetchrow(REPLACE_EDICT, edict_id, *values))
+        edict = dict(returned(await conn.fetchrow(REPLACE_EDICT, edict_id, *values)))
         changes = {"name": edict["name"], "active": edict["active"], "severity": edict["severity"]}
         await audit.record(conn, ctx, viewer.id, "updateEdict", "Edict", edict_id, changes)
     return edict
 
 
-async def deactivate(ctx: Context, edict_id: str) -> dict[str, Any]:
-    viewer = await ctx.require()
-    edict_id = parse_id(edict_id)
+async def deactivate(ctx: Context, viewer: Viewer, edict_id: str) -> dict[str, Any]:
     async with ctx.db.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(LOCK_EDICT, edict_id)
         if current is None:
             raise NotFound.of("Edict", edict_id)
         _check_owner(viewer, current)
-        edict = dict(await conn.fetchrow(DEACTIVATE_EDICT, edict_id))
+        edict = dict(returned(await conn.fetchrow(DEACTIVATE_EDICT, edict_id)))
         resolved = [r["id"] for r in await conn.fetch(RESOLVE_VIOLATIONS, edict_id, viewer.id)]
         changes = {"active": False, "resolvedViolations": resolved}
         await audit.record(conn, ctx, viewer.id, "deactivateEdict", "Edict", edict_id, changes)

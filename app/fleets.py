@@ -7,11 +7,12 @@ from typing import Any
 
 from app import audit, commands
 from app.context import Context, Viewer
-from app.db import Pool, fetch_by_ids
+from app.core.channels import channels
+from app.core.errors import NotFound
+from app.core.validation import finite
 from app.edicts import edicts_by_id
-from app.errors import NotFound
-from app.pubsub import channels, record
-from app.validation import finite
+from app.infra.db import Pool, fetch_by_ids, returned
+from app.infra.eventlog import record
 
 TELEMETRY_WINDOW = timedelta(hours=1)
 OPEN_TASK_STATUSES = ["PENDING", "ASSIGNED", "IN_PROGRESS"]
@@ -118,7 +119,7 @@ async def emergency_stop(ctx: Context, viewer: Viewer, fleet_id: str) -> dict[st
         tasks = [dict(r) for r in await conn.fetch(CANCEL_FLEET_TASKS, fleet_id, OPEN_TASK_STATUSES)]
         task_ids = [t["id"] for t in tasks]
         runs = await conn.fetch(CANCEL_RUNS, task_ids)
-        fleet = dict(await conn.fetchrow(STOP_FLEET, fleet_id, task_ids))
+        fleet = dict(returned(await conn.fetchrow(STOP_FLEET, fleet_id, task_ids)))
         # The robots hear it as a command too; its delivery state shows who got it.
         stops = await commands.enqueue(
             conn,
@@ -126,7 +127,7 @@ async def emergency_stop(ctx: Context, viewer: Viewer, fleet_id: str) -> dict[st
             "EMERGENCY_STOP",
             {"fleetId": fleet_id},
             issued_by=viewer.id,
-            ttl_s=ctx.services.settings.command_ttl_s,
+            ttl_s=ctx.resources.settings.command_ttl_s,
         )
         changes = {
             "robots": [r["id"] for r in robots],

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
 from pathlib import Path, PurePath
-from typing import Any
-
-from starlette.datastructures import UploadFile
+from typing import Any, Protocol, runtime_checkable
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, fetch_by_ids
-from app.errors import DomainError, Invalid, NotFound
+from app.core.errors import Invalid, NotFound
+from app.core.validation import finite, parse_id, required_text
+from app.infra.db import Pool, fetch_by_ids, returned
 from app.robots import record_changes
-from app.validation import finite, parse_id, required_text
 
 MAX_BLUEPRINT_BYTES = 20 * 1024 * 1024
 BLUEPRINT_TYPES = {
@@ -76,14 +73,6 @@ async def floors_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None
     return await fetch_by_ids(pool, FLOORS_BY_ID, ids)
 
 
-async def payload(work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """A FactoryFloorPayload: the floor, or the user error that stopped it."""
-    try:
-        return {"factory_floor": await work, "errors": None}
-    except DomainError as exc:
-        return {"factory_floor": None, "errors": [exc.as_payload_error()]}
-
-
 def _check_fields(values: dict[str, Any]) -> None:
     for key, field in DIMENSIONS.items():
         value = values.get(key)
@@ -94,9 +83,18 @@ def _check_fields(values: dict[str, Any]) -> None:
         finite(values.get(key), field)
 
 
+@runtime_checkable
+class Upload(Protocol):
+    """A file of a multipart request (Starlette's UploadFile is one)."""
+
+    filename: str | None
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
 async def _read_blueprint(upload: Any) -> tuple[bytes, str, str]:
     """The file's bytes, its lower-case suffix and its BlueprintType."""
-    if not isinstance(upload, UploadFile):
+    if not isinstance(upload, Upload):
         raise Invalid("blueprintFile must be a multipart file upload", field="blueprintFile")
     suffix = PurePath(upload.filename or "").suffix.lower()
     kind = BLUEPRINT_TYPES.get(suffix)
@@ -116,7 +114,7 @@ async def _read_blueprint(upload: Any) -> tuple[bytes, str, str]:
 
 def _blueprint_path(ctx: Context, floor_id: str, suffix: str) -> tuple[Path, str]:
     name = f"{floor_id}{suffix}"
-    return ctx.services.uploads_dir / "blueprints" / name, f"/uploads/blueprints/{name}"
+    return ctx.resources.uploads_dir / "blueprints" / name, f"/uploads/blueprints/{name}"
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -135,8 +133,10 @@ async def create_floor(ctx: Context, viewer: Viewer, values: dict[str, Any], upl
         async with ctx.db.acquire() as conn, conn.transaction():
             args = [values[k] for k in DIMENSIONS] + [values.get(k) or 0.0 for k in ORIGIN]
             floor = dict(
-                await conn.fetchrow(
-                    INSERT_FLOOR, floor_id, name, values.get("description"), url, kind, *args, viewer.id
+                returned(
+                    await conn.fetchrow(
+                        INSERT_FLOOR, floor_id, name, values.get("description"), url, kind, *args, viewer.id
+                    )
                 )
             )
             changes = {"name": name, "blueprint_url": url, "size": len(data)}
@@ -166,15 +166,17 @@ async def update_floor(
             await asyncio.to_thread(_write, path, data)
         fields = [values.get(k) for k in (*DIMENSIONS, *ORIGIN)]
         floor = dict(
-            await conn.fetchrow(
-                UPDATE_FLOOR,
-                floor_id,
-                name,
-                "description" in values,
-                values.get("description"),
-                *fields,
-                url,
-                kind,
+            returned(
+                await conn.fetchrow(
+                    UPDATE_FLOOR,
+                    floor_id,
+                    name,
+                    "description" in values,
+                    values.get("description"),
+                    *fields,
+                    url,
+                    kind,
+                )
             )
         )
         changes = dict(values) | ({"blueprint_url": url} if url else {})
@@ -182,7 +184,7 @@ async def update_floor(
     old_url = current["blueprint_url"]
     if url and old_url and old_url != url and old_url.startswith("/uploads/blueprints/"):
         # A blueprint of another type was replaced: its file is no longer referenced.
-        old = ctx.services.uploads_dir / "blueprints" / PurePath(old_url).name
+        old = ctx.resources.uploads_dir / "blueprints" / PurePath(old_url).name
         await asyncio.to_thread(old.unlink, True)
     return floor
 
@@ -243,7 +245,7 @@ async def _place(
         if floor is None:
             raise NotFound.of("FactoryFloor", floor_id)
         x, y, theta, rotation = _position(dict(floor), position)
-        robot = dict(await conn.fetchrow(PLACE_ROBOT, robot_id, floor_id, x, y, theta, rotation))
+        robot = dict(returned(await conn.fetchrow(PLACE_ROBOT, robot_id, floor_id, x, y, theta, rotation)))
         changes = {"floor_id": floor_id, "x": x, "y": y, "theta": theta, "rotation_degrees": rotation}
         await audit.record(conn, ctx, viewer.id, action, "Robot", robot_id, changes)
         events = await record_changes(conn, [robot])

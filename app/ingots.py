@@ -15,10 +15,10 @@ import asyncpg
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, fetch_by_ids, group_rows
-from app.errors import Conflict, DomainError, Invalid, NotFound, NotImplementedYet
+from app.core.errors import Conflict, DomainError, Invalid, NotFound, NotImplementedYet
+from app.core.validation import finite, page, parse_id, required_text
+from app.infra.db import Pool, fetch_by_ids, group_rows, returned
 from app.robots import record_changes
-from app.validation import finite, page, parse_id, required_text
 
 LIST_INGOTS = """
 SELECT i.* FROM ingots i JOIN sepulkas s ON s.id = i.sepulka_id AND s.deleted_at IS NULL
@@ -125,7 +125,9 @@ async def cast(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any]:
                 raise Invalid("Sepulka is incomplete", field="sepulkaId")
             version = f"1.0.{sepulka['ingot_count']}"
             await conn.execute(MARK_CASTING, sepulka_id)
-            ingot = dict(await conn.fetchrow(INSERT_INGOT, sepulka_id, version, build_hash(), viewer.id))
+            ingot = dict(
+                returned(await conn.fetchrow(INSERT_INGOT, sepulka_id, version, build_hash(), viewer.id))
+            )
             changes = {"sepulkaId": sepulka_id, "version": version, "buildHash": ingot["build_hash"]}
             await audit.record(conn, ctx, viewer.id, "castIngot", "Ingot", ingot["id"], changes)
     except asyncpg.UniqueViolationError:
@@ -190,7 +192,9 @@ async def recall(ctx: Context, viewer: Viewer, fleet_id: str, to_version: str) -
                 "ingotIds": {r["id"]: r["target_ingot_id"] for r in movable},
             }
             deployment = dict(
-                await conn.fetchrow(INSERT_DEPLOYMENT, ingot_id, fleet_id, status, details, viewer.id)
+                returned(
+                    await conn.fetchrow(INSERT_DEPLOYMENT, ingot_id, fleet_id, status, details, viewer.id)
+                )
             )
             changes = {"deploymentId": deployment["id"], "status": status, **details}
             await audit.record(conn, ctx, viewer.id, "recallFleet", "Fleet", fleet_id, changes)

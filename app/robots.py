@@ -6,14 +6,13 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool, fetch_by_ids, group_rows
-from app.errors import Invalid, NotFound
+from app.core.channels import channels
+from app.core.errors import Invalid, NotFound
 from app.fleets import check_coordinates
-from app.pubsub import Recorded, channels, record
+from app.infra.db import Connection, Pool, fetch_by_ids, group_rows, returned
+from app.infra.eventlog import Recorded, record
 
 # The reference's flat-earth conversion: 111 km per degree of latitude.
 METRES_PER_DEGREE = 111_000.0
@@ -132,7 +131,7 @@ def local_position(coordinates: dict[str, Any], origin: dict[str, Any], z: float
     }
 
 
-async def record_changes(conn: asyncpg.Connection, robots: list[dict[str, Any]]) -> list[Recorded]:
+async def record_changes(conn: Connection, robots: list[dict[str, Any]]) -> list[Recorded]:
     """Robot change events, written in the changing transaction; publish them after its commit
     with `ctx.events.publish_recorded`."""
     return [await record(conn, channels.robot(robot["id"]), robot) for robot in robots]
@@ -145,7 +144,7 @@ async def _update(
         before = await conn.fetchrow(LOCK_ROBOT, robot_id)
         if before is None:
             raise NotFound.of("Robot", robot_id)
-        robot = dict(await conn.fetchrow(sql, robot_id, value))
+        robot = dict(returned(await conn.fetchrow(sql, robot_id, value)))
         changes = {field: {"from": before[field], "to": robot[field]}}
         await audit.record(conn, ctx, viewer.id, action, "Robot", robot_id, changes)
         events = await record_changes(conn, [robot])
@@ -181,7 +180,7 @@ async def update_location(
             "jointPositions": previous.get("jointPositions"),
             "timestamp": datetime.now(UTC).isoformat(),
         }
-        robot = dict(await conn.fetchrow(SET_POSE, robot_id, pose))
+        robot = dict(returned(await conn.fetchrow(SET_POSE, robot_id, pose)))
         changes = {"last_pose": {"from": row["last_pose"], "to": pose}, "coordinates": coordinates}
         await audit.record(conn, ctx, viewer.id, "updateRobotLocation", "Robot", robot_id, changes)
         events = await record_changes(conn, [robot])

@@ -12,9 +12,9 @@ import asyncpg
 
 from app import audit
 from app.context import Context, Viewer
-from app.db import Pool
-from app.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
-from app.validation import page, parse_id, parse_ids, required_text
+from app.core.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
+from app.core.validation import page, parse_id, parse_ids, required_text
+from app.infra.db import Pool, returned
 
 LIST_SEPULKAS = """
 SELECT s.* FROM sepulkas s LEFT JOIN patterns p ON p.id = s.pattern_id
@@ -94,7 +94,9 @@ async def forge(ctx: Context, viewer: Viewer, data: dict[str, Any]) -> dict[str,
             if pattern_id is not None and not await conn.fetchval(PATTERN_EXISTS, pattern_id):
                 raise NotFound(f"Pattern with id {pattern_id} not found", field="patternId")
             row = dict(
-                await conn.fetchrow(INSERT_SEPULKA, name, description, pattern_id, parameters, viewer.id)
+                returned(
+                    await conn.fetchrow(INSERT_SEPULKA, name, description, pattern_id, parameters, viewer.id)
+                )
             )
             await conn.execute(INSERT_SEPULKA_ALLOYS, row["id"], alloy_ids)
             changes = {"name": name, "patternId": pattern_id, "alloyIds": alloy_ids}

@@ -7,22 +7,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from limits import parse
 
 from app import audit
-from app.context import Context, Services, Viewer
-from app.db import Pool, periodically
-from app.errors import Invalid, NotFound, RateLimited
-from app.logs import mask_email
-from app.pubsub import Events, Recorded, channels, record
-from app.security import new_secret, secret_digest
+from app.context import Context, Viewer
+from app.core.channels import channels
+from app.core.errors import Invalid, NotFound, RateLimited
+from app.core.validation import parse_id
+from app.infra.bus import Events
+from app.infra.db import Connection, Pool
+from app.infra.eventlog import Recorded, record
+from app.infra.logs import mask_email
+from app.infra.security import new_secret, secret_digest
 from app.smiths import SMITH_BY_EMAIL, smith_view, smiths_by_id
-from app.validation import parse_id
 
 log = logging.getLogger("sepulki.sessions")
 
@@ -92,7 +92,7 @@ WHERE ses.id = ANY($1::uuid[]) AND ses.revoked_at IS NULL AND ses.expires_at > n
 
 
 async def _revocation(
-    conn: asyncpg.Connection, session_ids: list[str], reason: str | None = None
+    conn: Connection, session_ids: list[str], reason: str | None = None
 ) -> Recorded | None:
     """The event (in the caller's transaction) that makes every replica close these sessions'
     websockets once `announce`d after the commit; None when there are none."""
@@ -105,7 +105,7 @@ async def _revocation(
 
 
 async def revoke_smith_sessions(
-    conn: asyncpg.Connection, smith_id: str, *, reason: str, keep: str | None = None
+    conn: Connection, smith_id: str, *, reason: str, keep: str | None = None
 ) -> Recorded | None:
     """Revokes every live session of the smith but `keep`, in the caller's transaction.
 
@@ -116,7 +116,7 @@ async def revoke_smith_sessions(
 
 
 async def _revoke_session(
-    conn: asyncpg.Connection, smith_id: str, session_id: str, reason: str
+    conn: Connection, smith_id: str, session_id: str, reason: str
 ) -> Recorded | None:
     """Revokes one live session of the smith (None when it has no such live session)."""
     revoked = await conn.fetchval(REVOKE_SESSION, session_id, smith_id, reason)
@@ -130,7 +130,7 @@ async def announce(events: Events, revoked: Recorded | None) -> None:
 
 
 
-async def permissions_changed(conn: asyncpg.Connection, smith_id: str) -> Recorded | None:
+async def permissions_changed(conn: Connection, smith_id: str) -> Recorded | None:
     """Records, in the caller's transaction, that the smith's open websockets must close (publish
     with `announce`): their subscriptions were authorized with the old permissions. HTTP requests
     need nothing, they read the permissions per request; clients reconnect and are authorized anew."""
@@ -147,7 +147,7 @@ async def live_session_ids(pool: Pool, session_ids: list[str]) -> set[str]:
 
 
 def _auth_payload(ctx: Context, smith: dict[str, Any], session_id: str, refresh: str) -> dict:
-    token, exp = ctx.services.tokens.issue(smith, session_id)
+    token, exp = ctx.resources.tokens.issue(smith, session_id)
     return {
         "session": {
             "smith_id": smith["id"],
@@ -183,19 +183,19 @@ async def login(ctx: Context, email: str, password: str) -> dict[str, Any]:
     account = email.lower()
     await _admit(ctx, account, email)
     row = await ctx.db.fetchrow(SMITH_BY_EMAIL, email)
-    passwords = ctx.services.passwords
+    passwords = ctx.resources.passwords
     stored = row["password_hash"] if row is not None else passwords.dummy_hash
     matches = await passwords.verify(stored, password)
     if row is None or not row["is_active"] or not matches:
         return await _failed(ctx, account, email, row)
-    await ctx.services.limiter.clear("login_lockout", account)
+    await ctx.resources.limiter.clear("login_lockout", account)
     return await sign_in(ctx, smith_view(row))
 
 
 async def _admit(ctx: Context, account: str, email: str) -> None:
     """Raises RateLimited when this attempt may not even be checked: too many from the address,
     the email locked, or too many attempts on it."""
-    limiter = ctx.services.limiter
+    limiter = ctx.resources.limiter
     await limiter.hit("login_ip", ctx.client_ip or "unknown", TOO_MANY_FROM_IP)
     wait = await limiter.retry_after("login_lockout", LOCK_KEY + account)
     if wait is not None:
@@ -207,21 +207,21 @@ async def _admit(ctx: Context, account: str, email: str) -> None:
 async def clear_login_failures(ctx: Context, email: str) -> None:
     """Forgets the failed logins of `email` and lifts its lock (e.g. once its password was reset)."""
     account = email.strip().lower()
-    await ctx.services.limiter.clear("login_lockout", account)
-    await ctx.services.limiter.clear("login_lockout", LOCK_KEY + account)
+    await ctx.resources.limiter.clear("login_lockout", account)
+    await ctx.resources.limiter.clear("login_lockout", LOCK_KEY + account)
 
 
 async def _failed(ctx: Context, account: str, email: str, row: Any) -> dict[str, Any]:
     """Counts a failed login; the one past the allowance (`login_lockout`, e.g. the 6th of "5/15
     minutes") still answers as a failure but locks the email: later attempts are refused."""
-    limiter = ctx.services.limiter
+    limiter = ctx.resources.limiter
     outcome = "failure"
     try:
         await limiter.hit("login_lockout", account)
     except RateLimited:
         outcome = "lockout"
         # A full window on the lock key: `retry_after` on it answers for one whole window from now.
-        for _ in range(parse(ctx.services.settings.login_lockout).amount):
+        for _ in range(parse(ctx.resources.settings.login_lockout).amount):
             with contextlib.suppress(RateLimited):  # a concurrent failure locked it already
                 await limiter.hit("login_lockout", LOCK_KEY + account)
         log.warning("login locked for %s after repeated failures", mask_email(email))
@@ -236,7 +236,7 @@ async def sign_in(ctx: Context, smith: dict[str, Any]) -> dict[str, Any]:
     """Opens a session (a new refresh-token family) for `smith`, audited as a "login", and answers
     the auth payload."""
     refresh, digest = new_secret()
-    ttl = float(ctx.services.settings.refresh_token_ttl_s)
+    ttl = float(ctx.resources.settings.refresh_token_ttl_s)
     async with ctx.db.acquire() as conn, conn.transaction():
         session_id = await conn.fetchval(
             INSERT_SESSION, smith["id"], digest, ctx.client_ip, ctx.user_agent, ttl
@@ -256,7 +256,7 @@ async def refresh(ctx: Context, refresh_token: str) -> dict[str, Any]:
     it leaked or was replayed: its whole session is revoked, with the same answer as a bad token."""
     presented = secret_digest(refresh_token)
     fresh, fresh_digest = new_secret()
-    ttl = float(ctx.services.settings.refresh_token_ttl_s)
+    ttl = float(ctx.resources.settings.refresh_token_ttl_s)
     revoked: Recorded | None = None
     async with ctx.db.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
@@ -333,16 +333,3 @@ async def prune(pool: Pool, keep_s: float = ENDED_SESSION_KEEP_S) -> tuple[int, 
     sessions_status: str = await pool.execute(PRUNE_SESSIONS, float(keep_s))
     resets_status: str = await pool.execute(PRUNE_RESETS)
     return int(sessions_status.split()[-1]), int(resets_status.split()[-1])
-
-
-@contextlib.asynccontextmanager
-async def housekeeping(services: Services, every_s: float = 3600.0) -> AsyncIterator[None]:
-    """Component: prunes ended sessions hourly. Replicas may all run it: DELETE is idempotent."""
-
-    async def prune_once() -> None:
-        deleted = await prune(services.db)
-        if any(deleted):
-            log.info("pruned %d ended sessions and %d spent reset tokens", *deleted)
-
-    async with periodically("session pruning", every_s, prune_once):
-        yield

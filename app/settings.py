@@ -1,182 +1,352 @@
-"""Typed settings, read once from the environment (`SEPULKI_*`)."""
+"""Typed settings, read once from the environment (`SEPULKI_*`).
+
+Each variable is declared once, below: its name, type, default and description. `.env.example`
+is generated from these declarations (`sepulki env-example`; a test keeps it current). A value
+the type refuses stops the start with one line naming the variable and what it accepts.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource
+from pydantic_settings import SettingsConfigDict as _Config
+from pydantic_settings.sources.utils import parse_env_vars
 
 # Development-only secret: refused when SEPULKI_ENV=production.
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"  # noqa: S105
 DEV_CORS_ORIGINS = ("http://localhost:3000", "http://127.0.0.1:3000")
+PREFIX = "SEPULKI_"
 
-# Where schema/, migrations/ and seed/ live: the checkout, or SEPULKI_HOME for installed copies.
-ROOT = Path(os.environ.get("SEPULKI_HOME") or Path(__file__).resolve().parent.parent)
+
+def _assets() -> Path:
+    """Where schema/, migrations/, seed/ and client-examples/ are: inside the installed package
+    (the wheel carries them under app/_assets), or the checkout this module runs from."""
+    packaged = Path(__file__).resolve().parent / "_assets"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent
+
+
+ASSETS = _assets()
 
 
 class SettingsError(RuntimeError):
     """The environment describes a configuration the service refuses to run with."""
 
 
-def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("sepulki_environ", default=None)
 
 
-def _list(value: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in value.split(",") if item.strip())
+class _Environ(EnvSettingsSource):
+    """The process environment, or the mapping `Settings.from_env` was given."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        environ = _ENVIRON.get()
+        source = os.environ if environ is None else environ
+        return parse_env_vars(source, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    env: str = "development"
-    database_url: str | None = None
-    # memory:// serves one process (development); redis://host:6379 for several replicas.
-    broadcast_url: str = "memory://"
-    data_dir: Path = ROOT / ".sepulki"
-    host: str = "127.0.0.1"
-    port: int = 4000
-    jwt_secret: str = DEV_JWT_SECRET
-    jwt_algorithm: str = "HS256"
-    access_token_ttl_s: int = 15 * 60
-    refresh_token_ttl_s: int = 7 * 24 * 3600
-    # Off: accounts are created from admins' invitations only (docs/accounts.md).
-    open_registration: bool = False
-    invitation_ttl_s: int = 7 * 24 * 3600
-    password_reset_ttl_s: int = 3600
-    # Where links in mails point (the web frontend), e.g. https://fleet.example.com
-    public_url: str = "http://localhost:3000"
-    # smtp://user:pass@host:587 (STARTTLS), smtps://...:465 (TLS), smtp+plain://host:25 (no TLS).
-    # None: mails are written as .eml files under data_dir/mail (development).
-    smtp_url: str | None = None
-    mail_from: str = "Sepulki Hammer <no-reply@sepulki.local>"
-    # limits storage: memory:// (one process) or async+redis://host:6379 (shared by replicas).
-    # None: async+redis on SEPULKI_REDIS_URL when set, else memory://.
-    rate_limit_storage_url: str | None = None
-    # `limits` notation. The login limit per IP is seed 000's default.
-    login_rate_limit_ip: str = "100/15 minutes"
-    login_rate_limit_account: str = "20/15 minutes"
-    # More than 5 failed logins for one email within 15 minutes lock it for the rest of the window.
-    login_lockout: str = "5/15 minutes"
-    # Mails asking for a password reset or invitation, per IP and per target email.
-    mail_rate_limit_ip: str = "20/hour"
-    mail_rate_limit_account: str = "3/hour"
-    # Every GraphQL request, per IP (0 disables).
-    request_rate_limit_ip: str = "1200/minute"
-    cors_origins: tuple[str, ...] = DEV_CORS_ORIGINS
-    debug: bool = False
-    db_pool_min: int = 2
-    db_pool_max: int = 10
-    # MQTT broker of the robots. None: `sepulki dev` embeds an amqtt broker; `serve` runs no ingest.
-    mqtt_url: str | None = None
-    # 5 for Mosquitto/EMQX (shared subscriptions, ack after commit); 4 = MQTT 3.1.1 (amqtt).
-    mqtt_protocol: int = 5
-    mqtt_client_id: str = "sepulki-ingest"
-    # A dynamic-security admin of the robots' Mosquitto: robot API keys become broker accounts
-    # limited to their own topics (app/broker_accounts.py). None: robots' broker access is managed
-    # outside the service.
-    mqtt_admin_url: str | None = None
-    # Run the development MQTT broker (amqtt) on mqtt_url's port in this process; set by `sepulki dev`.
-    embedded_broker: bool = False
-    # Run the MQTT ingest inside the API process (dev and single-process deployments).
-    ingest_in_api: bool = True
-    ingest_batch_size: int = 1000
-    ingest_batch_ms: int = 25
-    ingest_max_payload_bytes: int = 65536
-    # GET /metrics of a standalone `sepulki ingest` on host:this port (0: not served).
-    metrics_port: int = 9464
-    command_ttl_s: int = 300
-    command_ack_timeout_s: int = 30
-    # Per-subscription queue bound; a subscription this far behind is ended (it resumes with `after`).
-    ws_queue_size: int = 1000
-    # How long event_log keeps events for `after` / Last-Event-ID replay (0: forever).
-    event_retention_s: int = 86400
-    # Simulated robots started by `sepulki dev` (0: none).
-    simulate_robots: int = 4
-    max_query_cost: int = 5000
-    max_query_depth: int = 12
-    max_query_aliases: int = 30
-    max_query_tokens: int = 5000
-    max_body_bytes: int = 1_048_576
-    # Operations per batched HTTP request (a JSON array); 1 turns batching off.
-    max_batch_operations: int = 1
-    # argon2id cost; tests lower it, production keeps the library defaults.
-    argon2_time_cost: int = 3
-    argon2_memory_kib: int = 65536
-    seed_on_start: bool = True
-    # Production runs `sepulki migrate` once per release instead: replicas must not race.
-    migrate_on_start: bool = True
+# A setting the commands set themselves, not a variable of .env.example.
+_INTERNAL: Any = {"internal": True}
+
+
+class Settings(BaseSettings):
+    model_config = _Config(
+        env_prefix=PREFIX,
+        # An empty variable means "not set" (compose files and .env copies leave many empty).
+        env_ignore_empty=True,
+        frozen=True,
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    env: Literal["development", "production", "test"] = Field(
+        "development",
+        description="development | production | test. Production refuses the development JWT secret,\n"
+        "turns off introspection and GraphiQL, and does not load the development seed.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="PostgreSQL URL. Empty: an embedded PostgreSQL with its data under SEPULKI_DATA_DIR/pg.",
+    )
+    broadcast_url: str = Field(
+        "memory://",
+        validation_alias="SEPULKI_REDIS_URL",
+        description="Redis URL for the event bus across replicas (redis://host:6379). Empty: in-process "
+        "memory bus.",
+    )
+    data_dir: Path = Field(
+        Path(".sepulki"), description="Embedded PostgreSQL, uploads and development mail live here."
+    )
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(4000, ge=1, le=65535, description="Port the API listens on.")
+    jwt_secret: str = Field(
+        DEV_JWT_SECRET,
+        min_length=32,
+        description="REQUIRED in production: at least 32 random characters. The default is for "
+        "development only.",
+    )
+    jwt_algorithm: Literal["HS256"] = Field(
+        "HS256", description="Signing algorithm of access tokens (pinned)."
+    )
+    access_token_ttl_s: int = Field(15 * 60, ge=1, description="Lifetime of an access token (seconds).")
+    refresh_token_ttl_s: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="Refresh tokens: single use, rotated on every refresh; the session ends this long after "
+        "its last use.",
+    )
+    open_registration: bool = Field(
+        False,
+        description="Accounts are created from admins' invitations; true lets anyone sign up with the "
+        "SMITH role.",
+    )
+    invitation_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long an invitation link stays valid.")
+    password_reset_ttl_s: int = Field(3600, ge=1, description="How long a password-reset link stays valid.")
+    public_url: str = Field(
+        "http://localhost:3000", description="Base URL of the web frontend, used in the links mails carry."
+    )
+    smtp_url: str | None = Field(
+        None,
+        description="Outgoing mail: smtp://user:pass@host:587 (STARTTLS), smtps://user:pass@host:465 (TLS),\n"
+        "smtp+plain://host:25 (no TLS). Empty: mails are written as files under SEPULKI_DATA_DIR/mail.",
+    )
+    mail_from: str = Field("Sepulki Hammer <no-reply@sepulki.local>", description="Sender of every mail.")
+    rate_limit_storage_url: str | None = Field(
+        None,
+        description="Where rate-limit counters live: async+memory:// (one process) or "
+        "async+redis://host:6379.\n"
+        "Empty: Redis at SEPULKI_REDIS_URL when set, else memory.",
+    )
+    login_rate_limit_ip: str = Field(
+        "100/15 minutes", description='Limits in `limits` notation ("N/period"; "0" turns one off).'
+    )
+    login_rate_limit_account: str = Field("20/15 minutes", description="Login attempts per account.")
+    login_lockout: str = Field(
+        "5/15 minutes",
+        description="More than this many failed logins for one email lock it until the window has passed.",
+    )
+    mail_rate_limit_ip: str = Field("20/hour", description="Invitation and reset mails per IP.")
+    mail_rate_limit_account: str = Field("3/hour", description="Invitation and reset mails per target email.")
+    request_rate_limit_ip: str = Field("1200/minute", description="GraphQL requests per IP (0 disables).")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEV_CORS_ORIGINS,
+        description="Comma-separated browser origins allowed by CORS (the reference web frontend runs "
+        "on :3000).",
+    )
+    debug: bool = Field(
+        False,
+        description="Debug adds exception details to INTERNAL_SERVER_ERROR responses. Never in production.",
+    )
+    db_pool_min: int = Field(2, ge=0, description="Smallest size of the API's connection pool.")
+    db_pool_max: int = Field(10, ge=1, description="Largest size of the API's connection pool.")
+    mqtt_url: str | None = Field(
+        None,
+        description="MQTT broker of the robots (mqtt://user:pass@host:1883). Empty: `./run dev` embeds "
+        "an amqtt\n"
+        "broker on 127.0.0.1:SEPULKI_MQTT_PORT; `serve` then runs no MQTT ingest.",
+    )
+    mqtt_port: int = Field(
+        1883,
+        ge=1,
+        le=65535,
+        description="Port of the embedded broker `./run dev` starts when SEPULKI_MQTT_URL is empty.",
+    )
+    mqtt_protocol: Literal[4, 5] = Field(
+        5,
+        description="5 (Mosquitto, EMQX: shared subscriptions, acknowledged after commit) or 4 (MQTT 3.1.1).",
+    )
+    mqtt_client_id: str = Field(
+        "sepulki-ingest", min_length=1, description="MQTT client id of the ingest (commands: <id>-commands)."
+    )
+    mqtt_admin_url: str | None = Field(
+        None,
+        description="A dynamic-security admin of the robots' Mosquitto "
+        "(mqtt://admin:<password>@localhost:1883):\n"
+        "robot API keys become MQTT accounts limited to their own topics (docs/deployment.md).\n"
+        "Empty: robots' broker access is managed elsewhere.",
+    )
+    embedded_broker: bool = Field(False, json_schema_extra=_INTERNAL, description="Set by `sepulki dev`.")
+    ingest_in_api: bool = Field(
+        True,
+        description="Run the MQTT ingest inside the API process; set false when `sepulki ingest` runs "
+        "separately.",
+    )
+    ingest_batch_size: int = Field(1000, ge=1, description="Messages per ingest batch (one transaction).")
+    ingest_batch_ms: int = Field(25, ge=1, description="Longest wait before a partial batch is written (ms).")
+    ingest_max_payload_bytes: int = Field(65536, ge=1, description="Largest robot message accepted (bytes).")
+    metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description="Port of GET /metrics and /health of a standalone `sepulki ingest` (0: off).",
+    )
+    command_ttl_s: int = Field(
+        300,
+        ge=1,
+        description="Commands expire unsent after this; sent ones not acknowledged in time become TIMED_OUT.",
+    )
+    command_ack_timeout_s: int = Field(30, ge=1, description="How long a sent command may go unacknowledged.")
+    ws_queue_size: int = Field(
+        1000,
+        ge=1,
+        description="Events a websocket may fall behind before it is closed (it resumes with `after`).",
+    )
+    event_retention_s: int = Field(
+        86400,
+        ge=0,
+        description="How long events stay replayable with `after` / Last-Event-ID (seconds; 0 keeps "
+        "them forever).",
+    )
+    simulate_robots: int = Field(4, ge=0, description="Simulated robots `./run dev` starts (0: none).")
+    max_query_cost: int = Field(5000, ge=1, description="Largest estimated cost of one GraphQL operation.")
+    max_query_depth: int = Field(12, ge=1, description="Deepest selection of one GraphQL operation.")
+    max_query_aliases: int = Field(30, ge=0, description="Most aliases in one GraphQL operation.")
+    max_query_tokens: int = Field(5000, ge=1, description="Most lexical tokens in one GraphQL document.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="Largest request body accepted (bytes); larger ones answer 413."
+    )
+    max_batch_operations: int = Field(
+        1,
+        ge=1,
+        description="Operations per batched request (a JSON array of operations); 1 turns batching off.",
+    )
+    argon2_time_cost: int = Field(3, ge=1, description="argon2id cost: iterations.")
+    argon2_memory_kib: int = Field(65536, ge=8, description="argon2id cost: memory in KiB.")
+    seed_on_start: bool | None = Field(
+        None, description="Load the development seed on start (default: true outside production)."
+    )
+    migrate_on_start: bool | None = Field(
+        None,
+        description="Apply migrations on start (default: true outside production, where `sepulki "
+        "migrate` runs once).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Log level."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _defaults_by_env(self) -> Settings:
+        # Outside production the service migrates and seeds itself; production runs
+        # `sepulki migrate` once per release (replicas must not race) and never seeds.
+        for name in ("seed_on_start", "migrate_on_start"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, not self.production)
+        if self.production and self.jwt_secret == DEV_JWT_SECRET:
+            raise ValueError(
+                "SEPULKI_JWT_SECRET must be set in production; the development secret is refused"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Environ(settings_cls)
 
     @property
     def production(self) -> bool:
         return self.env == "production"
 
     @classmethod
-    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
-        env = dict(environ if environ is not None else os.environ)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of `environ` (default: the process environment); SettingsError when a
+        value is refused, naming the variable and what it accepts."""
+        token = _ENVIRON.set(environ)
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+        finally:
+            _ENVIRON.reset(token)
 
-        def get(name: str, default: str) -> str:
-            return env.get(f"SEPULKI_{name}", default)
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes`, validated like the original."""
+        return type(self).model_validate({**self.model_dump(), **changes})
 
-        mode = get("ENV", "development")
-        settings = cls(
-            env=mode,
-            database_url=env.get("SEPULKI_DATABASE_URL") or None,
-            broadcast_url=env.get("SEPULKI_REDIS_URL") or "memory://",
-            data_dir=Path(get("DATA_DIR", str(ROOT / ".sepulki"))),
-            host=get("HOST", "127.0.0.1"),
-            port=int(get("PORT", "4000")),
-            jwt_secret=get("JWT_SECRET", DEV_JWT_SECRET),
-            access_token_ttl_s=int(get("ACCESS_TOKEN_TTL_S", str(15 * 60))),
-            refresh_token_ttl_s=int(get("REFRESH_TOKEN_TTL_S", str(7 * 24 * 3600))),
-            open_registration=_bool(get("OPEN_REGISTRATION", "false")),
-            invitation_ttl_s=int(get("INVITATION_TTL_S", str(7 * 24 * 3600))),
-            password_reset_ttl_s=int(get("PASSWORD_RESET_TTL_S", "3600")),
-            public_url=get("PUBLIC_URL", "http://localhost:3000"),
-            smtp_url=env.get("SEPULKI_SMTP_URL") or None,
-            mail_from=get("MAIL_FROM", "Sepulki Hammer <no-reply@sepulki.local>"),
-            rate_limit_storage_url=env.get("SEPULKI_RATE_LIMIT_STORAGE_URL") or None,
-            login_rate_limit_ip=get("LOGIN_RATE_LIMIT_IP", "100/15 minutes"),
-            login_rate_limit_account=get("LOGIN_RATE_LIMIT_ACCOUNT", "20/15 minutes"),
-            login_lockout=get("LOGIN_LOCKOUT", "5/15 minutes"),
-            mail_rate_limit_ip=get("MAIL_RATE_LIMIT_IP", "20/hour"),
-            mail_rate_limit_account=get("MAIL_RATE_LIMIT_ACCOUNT", "3/hour"),
-            request_rate_limit_ip=get("REQUEST_RATE_LIMIT_IP", "1200/minute"),
-            cors_origins=_list(get("CORS_ORIGINS", ",".join(DEV_CORS_ORIGINS))),
-            debug=_bool(get("DEBUG", "false")),
-            db_pool_min=int(get("DB_POOL_MIN", "2")),
-            db_pool_max=int(get("DB_POOL_MAX", "10")),
-            mqtt_url=env.get("SEPULKI_MQTT_URL") or None,
-            mqtt_protocol=int(get("MQTT_PROTOCOL", "5")),
-            mqtt_client_id=get("MQTT_CLIENT_ID", "sepulki-ingest"),
-            mqtt_admin_url=env.get("SEPULKI_MQTT_ADMIN_URL") or None,
-            ingest_in_api=_bool(get("INGEST_IN_API", "true")),
-            ingest_batch_size=int(get("INGEST_BATCH_SIZE", "1000")),
-            ingest_batch_ms=int(get("INGEST_BATCH_MS", "25")),
-            ingest_max_payload_bytes=int(get("INGEST_MAX_PAYLOAD_BYTES", "65536")),
-            metrics_port=int(get("METRICS_PORT", "9464")),
-            command_ttl_s=int(get("COMMAND_TTL_S", "300")),
-            command_ack_timeout_s=int(get("COMMAND_ACK_TIMEOUT_S", "30")),
-            ws_queue_size=int(get("WS_QUEUE_SIZE", "1000")),
-            event_retention_s=int(get("EVENT_RETENTION_S", "86400")),
-            simulate_robots=int(get("SIMULATE_ROBOTS", "4")),
-            max_query_cost=int(get("MAX_QUERY_COST", "5000")),
-            max_query_depth=int(get("MAX_QUERY_DEPTH", "12")),
-            max_query_aliases=int(get("MAX_QUERY_ALIASES", "30")),
-            max_query_tokens=int(get("MAX_QUERY_TOKENS", "5000")),
-            max_body_bytes=int(get("MAX_BODY_BYTES", "1048576")),
-            max_batch_operations=int(get("MAX_BATCH_OPERATIONS", "1")),
-            argon2_time_cost=int(get("ARGON2_TIME_COST", "3")),
-            argon2_memory_kib=int(get("ARGON2_MEMORY_KIB", "65536")),
-            seed_on_start=_bool(get("SEED_ON_START", "true" if mode != "production" else "false")),
-            migrate_on_start=_bool(get("MIGRATE_ON_START", "true" if mode != "production" else "false")),
-        )
-        settings.check()
-        return settings
 
-    def check(self) -> None:
-        if self.production and self.jwt_secret == DEV_JWT_SECRET:
-            raise SettingsError(
-                "SEPULKI_JWT_SECRET must be set in production; the development secret is refused"
-            )
-        if len(self.jwt_secret) < 32:
-            raise SettingsError("SEPULKI_JWT_SECRET must be at least 32 characters")
+def env_name(name: str, info: FieldInfo) -> str:
+    alias = info.validation_alias
+    return alias if isinstance(alias, str) else f"{PREFIX}{name.upper()}"
+
+
+def _one_line(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = error.get("loc") or ()
+        name = str(loc[0]) if loc else ""
+        field = Settings.model_fields.get(name)
+        variable = env_name(name, field) if field is not None else name or "configuration"
+        message = error["msg"].removeprefix("Value error, ")
+        # Values of URLs and secrets may hold credentials: never echoed.
+        if "input" in error and loc and not any(part in name for part in ("url", "secret")):
+            problems.append(f"{variable}={error['input']!r}: {message}")
+        else:
+            problems.append(message if not loc else f"{variable}: {message}")
+    return "; ".join(problems)
+
+
+def _env_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def env_example() -> str:
+    """The text of .env.example: every variable with its description and default."""
+    lines = [
+        "# Sepulki Hammer configuration, generated by `sepulki env-example` from app/settings.py.",
+        "# Every variable is optional in development (`./run dev`). Values shown are the defaults.",
+        "",
+    ]
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("internal"):
+            continue
+        for line in (info.description or "").splitlines():
+            lines.append(f"# {line}")
+        lines.append(f"{env_name(name, info)}={_env_value(info.default)}")
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Settings read inside the block see `values` instead of the process environment."""
+    token = _ENVIRON.set(values)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.context import Context, Viewer
-from app.db import Pool
-from app.permissions import effective_permissions
+from app.core.permissions import effective_permissions
+from app.infra.db import Pool
 
 SMITH_COLUMNS = (
     "id, email, name, role::text AS role, permissions, preferences, created_at, is_active, last_login_at"

@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import audit, commands
-from app.context import Context
-from app.db import Pool, fetch_by_ids, group_rows
-from app.errors import Conflict, DomainError, Invalid, NotFound
-from app.pubsub import channels, record
-from app.validation import parse_id, required_text
+from app.context import Context, Viewer
+from app.core.channels import channels
+from app.core.errors import Conflict, DomainError, Invalid, NotFound
+from app.core.validation import parse_id, required_text
+from app.infra.db import Pool, Record, fetch_by_ids, group_rows, returned
+from app.infra.eventlog import record
 
 OPEN_STATUSES = ("PENDING", "ASSIGNED", "IN_PROGRESS")
 
@@ -143,8 +144,7 @@ def _payload_error(error: DomainError) -> dict[str, Any]:
     return {"task": None, "assignments": None, "errors": [error.as_payload_error()]}
 
 
-async def dispatch(ctx: Context, fleet_id: str, task_input: dict[str, Any]) -> dict[str, Any]:
-    viewer = await ctx.require()
+async def dispatch(ctx: Context, viewer: Viewer, fleet_id: str, task_input: dict[str, Any]) -> dict[str, Any]:
     try:
         fleet_id = parse_id(fleet_id, "fleetId")
         name = required_text(task_input.get("name"), "name")
@@ -155,27 +155,30 @@ async def dispatch(ctx: Context, fleet_id: str, task_input: dict[str, Any]) -> d
         async with ctx.db.acquire() as conn, conn.transaction():
             if await conn.fetchrow(LOCK_FLEET, fleet_id) is None:
                 return _payload_error(NotFound.of("Fleet", fleet_id))
-            task = await conn.fetchrow(
-                INSERT_TASK,
-                name,
-                task_input.get("description"),
-                task_input["type"],
-                task_input.get("parameters"),
-                task_input.get("priority") or "NORMAL",
-                fleet_id,
-                scheduled_at,
-                viewer.id,
+            # The inserted row, then the row as dispatched (a dict).
+            task: Record | dict[str, Any] = returned(
+                await conn.fetchrow(
+                    INSERT_TASK,
+                    name,
+                    task_input.get("description"),
+                    task_input["type"],
+                    task_input.get("parameters"),
+                    task_input.get("priority") or "NORMAL",
+                    fleet_id,
+                    scheduled_at,
+                    viewer.id,
+                )
             )
             robot = await conn.fetchrow(PICK_ROBOT, fleet_id)
             if robot is None:
                 # Rolled back: nothing schedules PENDING tasks later, so an unassigned task
                 # would only linger; the caller retries once a robot is free.
                 raise _NoRobots
-            assignment = dict(await conn.fetchrow(INSERT_ASSIGNMENT, task["id"], robot["id"]))
-            task = dict(await conn.fetchrow(SET_TASK_STATUS, task["id"], "ASSIGNED"))
+            assignment = dict(returned(await conn.fetchrow(INSERT_ASSIGNMENT, task["id"], robot["id"])))
+            task = dict(returned(await conn.fetchrow(SET_TASK_STATUS, task["id"], "ASSIGNED")))
             started = await conn.fetchrow(ROBOT_TO_WORKING, robot["id"])
             # The reference created no run; one PENDING run gives the task something to track.
-            run = await conn.fetchrow(INSERT_RUN, task["id"], robot["id"])
+            run = returned(await conn.fetchrow(INSERT_RUN, task["id"], robot["id"]))
             await conn.execute(SET_ACTIVE_TASK, fleet_id, task["id"])
             order = {k: task[k] for k in ("name", "type", "parameters", "priority")}
             sent = await commands.enqueue(
@@ -185,7 +188,7 @@ async def dispatch(ctx: Context, fleet_id: str, task_input: dict[str, Any]) -> d
                 {"taskId": task["id"], **order},
                 issued_by=viewer.id,
                 task_id=task["id"],
-                ttl_s=ctx.services.settings.command_ttl_s,
+                ttl_s=ctx.resources.settings.command_ttl_s,
             )
             changes = {"fleetId": fleet_id, "robotId": robot["id"], "runId": run["id"], "name": name}
             await audit.record(conn, ctx, viewer.id, "dispatchTask", "Task", task["id"], changes)
@@ -200,8 +203,7 @@ async def dispatch(ctx: Context, fleet_id: str, task_input: dict[str, Any]) -> d
     return {"task": task, "assignments": [assignment], "errors": None}
 
 
-async def cancel(ctx: Context, task_id: str) -> dict[str, Any]:
-    viewer = await ctx.require()
+async def cancel(ctx: Context, viewer: Viewer, task_id: str) -> dict[str, Any]:
     task_id = parse_id(task_id, "taskId")
     async with ctx.db.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(LOCK_TASK, task_id)
@@ -210,7 +212,7 @@ async def cancel(ctx: Context, task_id: str) -> dict[str, Any]:
         if current["status"] not in OPEN_STATUSES:
             # The reference answered NotFound here; the task exists, so CONFLICT says what happened.
             raise Conflict(f"Task is already {current['status']}")
-        task = dict(await conn.fetchrow(SET_TASK_STATUS, task_id, "CANCELLED"))
+        task = dict(returned(await conn.fetchrow(SET_TASK_STATUS, task_id, "CANCELLED")))
         await conn.execute(CANCEL_RUNS, task_id)
         released = [dict(r) for r in await conn.fetch(RELEASE_ROBOTS, task_id)]
         await conn.execute(CLEAR_ACTIVE_TASK, task_id)

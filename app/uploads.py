@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.errors import Invalid, NotImplementedYet
-from app.validation import parse_id
+from app.core.errors import Invalid, NotImplementedYet
+from app.core.validation import parse_id
 
 
 def _check_target(robot_id: str | None, fleet_id: str | None) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from app.embedded import EmbeddedPostgres
+from app.infra.embedded_postgres import EmbeddedPostgres
 
 
 @contextlib.asynccontextmanager

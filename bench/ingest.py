@@ -40,11 +40,11 @@ from broadcaster import Broadcast
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import MQTTv50
 
-from app import db, heap, seed
+from app.infra import db, heap, seed
+from app.infra.bus import Events
+from app.infra.security import Passwords
 from app.ingest.mqtt import MqttIngest
 from app.ingest.pipeline import Pipeline
-from app.pubsub import Events
-from app.security import Passwords
 from app.settings import Settings
 from bench.common import database, emit
 from tests.servers import MosquittoServer

@@ -13,12 +13,11 @@ import asyncio
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.server import create_app
 from app.settings import Settings
+from app.web.app import create_app
 from bench.common import call, database, emit
 
 SMALL = "query Small { __typename }"
@@ -64,7 +63,7 @@ async def main(seconds: float, rounds: int) -> None:
             argon2_memory_kib=1024,
         )
         cached_app = create_app(base, caches=True)
-        plain_app = create_app(replace(base, seed_on_start=False), caches=False)
+        plain_app = create_app(base.replace(seed_on_start=False), caches=False)
         async with (
             cached_app.router.lifespan_context(cached_app),
             plain_app.router.lifespan_context(plain_app),

@@ -7,7 +7,7 @@ One run, several processes on this machine:
 - the API, `sepulki serve` under uvicorn with SEPULKI_REDIS_URL (the Redis broadcast);
 - a publisher process playing `--robots` robots at `--hz`: each tick it writes one status event
   per robot to event_log in one transaction and, after the commit, publishes them with
-  app.pubsub's `Events.publish` on `robot-status:{id}` and `robot-status:*`, as the ingest does
+  app.infra.bus's `Events.publish` on `robot-status:{id}` and `robot-status:*`, as the ingest does
   once per batch. It publishes directly rather than through MQTT, to measure the delivery layer
   alone (bench/ingest.py measures the MQTT side);
 - `--clients` processes holding `--subscribers` graphql-transport-ws sockets (picows
@@ -80,8 +80,9 @@ async def run_publisher(args: argparse.Namespace) -> None:
     reports are one transaction (one event_log row each), published after its commit."""
     from broadcaster import Broadcast
 
-    from app import db, eventlog
-    from app.pubsub import Events, channels
+    from app.core.channels import channels
+    from app.infra import db, eventlog
+    from app.infra.bus import Events
 
     ids = robot_ids(args.robots)
     pool = await db.create_pool(args.dsn, min_size=1, max_size=2)
@@ -339,8 +340,8 @@ async def api_server(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        # --gc-defaults: CPython's own collector thresholds instead of app.heap's, to compare.
-        ("import gc, app.heap; app.heap.THRESHOLDS = gc.get_threshold(); " if gc_defaults else "")
+        # --gc-defaults: CPython's own collector thresholds instead of app.infra.heap's, to compare.
+        ("import gc, app.infra.heap; app.infra.heap.THRESHOLDS = gc.get_threshold(); " if gc_defaults else "")
         + "from app.cli import main; main(['serve'])",
         env=env,
         stdout=log,

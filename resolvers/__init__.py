@@ -18,14 +18,15 @@ from resolvers import (
     robots,
     scalars,
     sepulkas,
+    sessions,
     smiths,
-    subscriptions,
     tasks,
     uploads,
 )
 
 bindables: list[SchemaBindable] = [
     *scalars.bindables,
+    *sessions.bindables,
     *smiths.bindables,
     *accounts.bindables,
     *catalog.bindables,
@@ -38,7 +39,6 @@ bindables: list[SchemaBindable] = [
     *uploads.bindables,
     *edicts.bindables,
     *bellows.bindables,
-    *subscriptions.bindables,
     *apikeys.bindables,
     *commands.bindables,
     *audit.bindables,

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, SchemaBindable
-from graphql import GraphQLResolveInfo
 
 from app import accounts
+from app.context import Info
+from app.core.errors import payload
+from app.core.validation import page
 from app.smiths import smiths_by_id
-from app.validation import page
 
 query = QueryType()
 mutation = MutationType()
@@ -18,66 +19,66 @@ invitation_type = ObjectType("Invitation")
 
 @query.field("smiths")
 async def resolve_smiths(
-    _: Any, info: GraphQLResolveInfo, limit: int | None = None, offset: int | None = None
+    _: Any, info: Info, limit: int | None = None, offset: int | None = None
 ) -> list[dict[str, Any]]:
     limit, offset = page(limit, offset)
     return await accounts.list_smiths(info.context.db, limit, offset)
 
 
 @mutation.field("register")
-async def resolve_register(_: Any, info: GraphQLResolveInfo, input: dict) -> dict[str, Any]:
+async def resolve_register(_: Any, info: Info, input: dict) -> dict[str, Any]:
     return await accounts.register(info.context, input)
 
 
 @mutation.field("resetPassword")
-async def resolve_reset_password(_: Any, info: GraphQLResolveInfo, email: str) -> bool:
+async def resolve_reset_password(_: Any, info: Info, email: str) -> bool:
     return await accounts.reset_password(info.context, email)
 
 
 @mutation.field("confirmPasswordReset")
 async def resolve_confirm_password_reset(
-    _: Any, info: GraphQLResolveInfo, token: str, new_password: str
+    _: Any, info: Info, token: str, new_password: str
 ) -> dict[str, Any]:
     work = accounts.confirm_password_reset(info.context, token, new_password)
-    return await accounts.payload("smith", work)
+    return await payload("smith", work)
 
 
 @mutation.field("updateProfile")
-async def resolve_update_profile(_: Any, info: GraphQLResolveInfo, input: dict) -> dict[str, Any]:
+async def resolve_update_profile(_: Any, info: Info, input: dict) -> dict[str, Any]:
     viewer = await info.context.require()
-    return await accounts.payload("smith", accounts.update_profile(info.context, viewer, input))
+    return await payload("smith", accounts.update_profile(info.context, viewer, input))
 
 
 @mutation.field("changePassword")
-async def resolve_change_password(_: Any, info: GraphQLResolveInfo, old: str, new: str) -> dict[str, Any]:
+async def resolve_change_password(_: Any, info: Info, old: str, new: str) -> dict[str, Any]:
     viewer = await info.context.require()
-    return await accounts.payload("smith", accounts.change_password(info.context, viewer, old, new))
+    return await payload("smith", accounts.change_password(info.context, viewer, old, new))
 
 
 @mutation.field("inviteSmith")
 async def resolve_invite_smith(
-    _: Any, info: GraphQLResolveInfo, email: str, role: str = "SMITH"
+    _: Any, info: Info, email: str, role: str = "SMITH"
 ) -> dict[str, Any]:
     viewer = await info.context.require()
-    return await accounts.payload("invitation", accounts.invite(info.context, viewer, email, role))
+    return await payload("invitation", accounts.invite(info.context, viewer, email, role))
 
 
 @mutation.field("updateSmithRole")
 async def resolve_update_smith_role(
-    _: Any, info: GraphQLResolveInfo, smith_id: str, role: str
+    _: Any, info: Info, smith_id: str, role: str
 ) -> dict[str, Any]:
     viewer = await info.context.require()
-    return await accounts.payload("smith", accounts.update_role(info.context, viewer, smith_id, role))
+    return await payload("smith", accounts.update_role(info.context, viewer, smith_id, role))
 
 
 @mutation.field("deactivateSmith")
-async def resolve_deactivate_smith(_: Any, info: GraphQLResolveInfo, smith_id: str) -> dict[str, Any]:
+async def resolve_deactivate_smith(_: Any, info: Info, smith_id: str) -> dict[str, Any]:
     viewer = await info.context.require()
-    return await accounts.payload("smith", accounts.deactivate(info.context, viewer, smith_id))
+    return await payload("smith", accounts.deactivate(info.context, viewer, smith_id))
 
 
 @invitation_type.field("invitedBy")
-async def resolve_invited_by(invitation: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+async def resolve_invited_by(invitation: dict, info: Info) -> dict[str, Any] | None:
     if invitation["invited_by"] is None:
         return None
     return await info.context.loaders.load(smiths_by_id, invitation["invited_by"])

@@ -5,24 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from ariadne import MutationType, QueryType, SchemaBindable
-from graphql import GraphQLResolveInfo
 
 from app import apikeys
-from app.validation import parse_id
+from app.context import Info
+from app.core.validation import parse_id
 
 query = QueryType()
 mutation = MutationType()
 
 
 @query.field("robotApiKeys")
-async def resolve_robot_api_keys(_: Any, info: GraphQLResolveInfo, robot_id: str) -> list[dict[str, Any]]:
+async def resolve_robot_api_keys(_: Any, info: Info, robot_id: str) -> list[dict[str, Any]]:
     return await apikeys.list_keys(info.context.db, parse_id(robot_id, "robotId"))
 
 
 @mutation.field("createRobotApiKey")
 async def resolve_create_robot_api_key(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     robot_id: str,
     name: str | None = None,
     expires_in_days: int | None = None,
@@ -33,14 +33,14 @@ async def resolve_create_robot_api_key(
 
 
 @mutation.field("rotateRobotApiKey")
-async def resolve_rotate_robot_api_key(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:
+async def resolve_rotate_robot_api_key(_: Any, info: Info, id: str) -> dict[str, Any]:
     key_id = parse_id(id)
     viewer = await info.context.require()
     return await apikeys.rotate(info.context, viewer, key_id)
 
 
 @mutation.field("revokeRobotApiKey")
-async def resolve_revoke_robot_api_key(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:
+async def resolve_revoke_robot_api_key(_: Any, info: Info, id: str) -> dict[str, Any]:
     key_id = parse_id(id)
     viewer = await info.context.require()
     return await apikeys.revoke(info.context, viewer, key_id)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ariadne import ObjectType, QueryType, SchemaBindable
-from graphql import GraphQLResolveInfo
 
 from app import audit
+from app.context import Info
 from app.smiths import smiths_by_id
 
 query = QueryType()
@@ -17,7 +17,7 @@ audit_log = ObjectType("AuditLog")
 @query.field("auditLogs")
 async def resolve_audit_logs(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     first: int | None = None,
     after: str | None = None,
     filter: dict[str, Any] | None = None,
@@ -26,7 +26,7 @@ async def resolve_audit_logs(
 
 
 @audit_log.field("smith")
-async def resolve_smith(row: dict[str, Any], info: GraphQLResolveInfo) -> dict[str, Any] | None:
+async def resolve_smith(row: dict[str, Any], info: Info) -> dict[str, Any] | None:
     if row["smith_id"] is None:
         return None
     smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, row["smith_id"])

@@ -6,21 +6,25 @@ BellowsStream.metrics/events also serve Fleet.telemetry, whose parent is the sam
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from ariadne import ObjectType, QueryType
-from graphql import GraphQLResolveInfo
+from ariadne import ObjectType, QueryType, SubscriptionType
 
 from app import bellows
-from app.validation import page, parse_id
+from app.context import Info
+from app.core.channels import channels
+from app.core.validation import page, parse_id
+from app.realtime.streams import Event, resolve_event, subscription_source
 
 query = QueryType()
 bellows_stream = ObjectType("BellowsStream")
+subscription = SubscriptionType()
 
 
 @query.field("bellows")
 async def resolve_bellows(
-    _: Any, info: GraphQLResolveInfo, fleet_id: str, time_range: dict
+    _: Any, info: Info, fleet_id: str, time_range: dict
 ) -> dict[str, Any]:
     fleet_id = parse_id(fleet_id, "fleetId")
     return await bellows.stream(info.context, fleet_id, time_range["start"], time_range["end"])
@@ -28,14 +32,14 @@ async def resolve_bellows(
 
 @query.field("robotTelemetry")
 async def resolve_robot_telemetry(
-    _: Any, info: GraphQLResolveInfo, robot_id: str, time_range: str | None = None, limit: int | None = None
+    _: Any, info: Info, robot_id: str, time_range: str | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:
     limit, _offset = page(100 if limit is None else limit, 0)
     return await bellows.robot_telemetry(info.context, robot_id, time_range, limit)
 
 
 @bellows_stream.field("metrics")
-async def resolve_metrics(stream: dict, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+async def resolve_metrics(stream: dict, info: Info) -> list[dict[str, Any]]:
     if "metrics" in stream:
         return stream["metrics"]  # type: ignore[no-any-return]
     key = (stream["fleet_id"], stream["start"], stream["end"])
@@ -44,7 +48,7 @@ async def resolve_metrics(stream: dict, info: GraphQLResolveInfo) -> list[dict[s
 
 
 @bellows_stream.field("events")
-async def resolve_events(stream: dict, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+async def resolve_events(stream: dict, info: Info) -> list[dict[str, Any]]:
     if "events" in stream:
         return stream["events"]  # type: ignore[no-any-return]
     key = (stream["fleet_id"], stream["start"], stream["end"])
@@ -52,4 +56,15 @@ async def resolve_events(stream: dict, info: GraphQLResolveInfo) -> list[dict[st
     return events
 
 
-bindables = [query, bellows_stream]
+# A plain function, not an async generator: a malformed id or `after` is refused at subscribe time.
+@subscription.source("bellowsStream")
+def bellows_stream_source(
+    _: Any, info: Info, fleet_id: str, after: str | None = None
+) -> AsyncGenerator[Event, None]:
+    return subscription_source(info, channels.bellows(parse_id(fleet_id, "fleetId")), after)
+
+
+subscription.set_field("bellowsStream", resolve_event)
+
+
+bindables = [query, bellows_stream, subscription]

@@ -8,7 +8,8 @@ from ariadne import ObjectType, QueryType, SchemaBindable
 from graphql import GraphQLResolveInfo
 
 from app import catalog
-from app.validation import parse_id
+from app.context import Info
+from app.core.validation import parse_id
 
 query = QueryType()
 compatibility = ObjectType("AlloyCompatibility")
@@ -17,7 +18,7 @@ compatibility = ObjectType("AlloyCompatibility")
 @query.field("patterns")
 async def resolve_patterns(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     category: str | None = None,
     limit: int | None = None,
     offset: int | None = None,
@@ -26,14 +27,14 @@ async def resolve_patterns(
 
 
 @query.field("pattern")
-async def resolve_pattern(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+async def resolve_pattern(_: Any, info: Info, id: str) -> dict[str, Any] | None:
     return await info.context.loaders.load(catalog.patterns_by_id, parse_id(id))
 
 
 @query.field("alloys")
 async def resolve_alloys(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     filter: dict[str, Any] | None = None,
     limit: int | None = None,
     offset: int | None = None,
@@ -42,7 +43,7 @@ async def resolve_alloys(
 
 
 @query.field("alloy")
-async def resolve_alloy(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+async def resolve_alloy(_: Any, info: Info, id: str) -> dict[str, Any] | None:
     return await info.context.loaders.load(catalog.alloys_by_id, parse_id(id))
 
 

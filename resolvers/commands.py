@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
-from graphql import GraphQLResolveInfo
 
 from app import commands
-from app.pubsub import Event, channels
-from app.realtime import resolve_event, subscription_source
+from app.context import Info
+from app.core.channels import channels
+from app.core.validation import page, parse_id
+from app.realtime.streams import Event, resolve_event, subscription_source
 from app.smiths import smiths_by_id
-from app.validation import page, parse_id
 
 query = QueryType()
 mutation = MutationType()
@@ -22,21 +22,21 @@ command_type = ObjectType("RobotCommand")
 
 @query.field("robotCommands")
 async def resolve_robot_commands(
-    _: Any, info: GraphQLResolveInfo, robot_id: str, limit: int | None = None, offset: int | None = None
+    _: Any, info: Info, robot_id: str, limit: int | None = None, offset: int | None = None
 ) -> list[dict[str, Any]]:
     limit, offset = page(limit, offset)
     return await commands.list_commands(info.context.db, parse_id(robot_id, "robotId"), limit, offset)
 
 
 @query.field("robotCommand")
-async def resolve_robot_command(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+async def resolve_robot_command(_: Any, info: Info, id: str) -> dict[str, Any] | None:
     return await info.context.loaders.load(commands.commands_by_id, parse_id(id))
 
 
 @mutation.field("sendRobotCommand")
 async def resolve_send_robot_command(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     robot_id: str,
     type: str,
     params: Any = None,
@@ -48,7 +48,7 @@ async def resolve_send_robot_command(
 
 
 @command_type.field("issuedBy")
-async def resolve_issued_by(command: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+async def resolve_issued_by(command: dict, info: Info) -> dict[str, Any] | None:
     if command["issued_by"] is None:
         return None
     smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, command["issued_by"])
@@ -59,8 +59,8 @@ async def resolve_issued_by(command: dict, info: GraphQLResolveInfo) -> dict[str
 # subscribe time, not at the first event.
 @subscription.source("commandUpdates")
 def command_updates_source(
-    _: Any, info: GraphQLResolveInfo, robot_id: str | None = None, after: str | None = None
-) -> AsyncIterator[Event]:
+    _: Any, info: Info, robot_id: str | None = None, after: str | None = None
+) -> AsyncGenerator[Event, None]:
     if robot_id is None:
         return subscription_source(info, channels.COMMANDS_ALL, after)
     return subscription_source(info, channels.commands(parse_id(robot_id, "robotId")), after)

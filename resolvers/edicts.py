@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from ariadne import MutationType, QueryType
-from graphql import GraphQLResolveInfo
+from ariadne import MutationType, QueryType, SubscriptionType
 
 from app import edicts
-from app.validation import page, parse_id
+from app.context import Info
+from app.core.channels import channels
+from app.core.validation import page, parse_id
+from app.realtime.streams import Event, Message, resolve_event, subscription_source
 
 query = QueryType()
 mutation = MutationType()
+subscription = SubscriptionType()
 
 
 @query.field("edicts")
 async def resolve_edicts(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     type: str | None = None,
     active: bool | None = None,
     limit: int | None = None,
@@ -28,23 +32,40 @@ async def resolve_edicts(
 
 
 @query.field("edict")
-async def resolve_edict(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+async def resolve_edict(_: Any, info: Info, id: str) -> dict[str, Any] | None:
     return await edicts.get_edict(info.context, parse_id(id))
 
 
 @mutation.field("addEdict")
-async def resolve_add_edict(_: Any, info: GraphQLResolveInfo, input: dict) -> dict[str, Any]:
-    return await edicts.add(info.context, input)
+async def resolve_add_edict(_: Any, info: Info, input: dict) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await edicts.add(info.context, viewer, input)
 
 
 @mutation.field("updateEdict")
-async def resolve_update_edict(_: Any, info: GraphQLResolveInfo, id: str, input: dict) -> dict[str, Any]:
-    return await edicts.update(info.context, id, input)
+async def resolve_update_edict(_: Any, info: Info, id: str, input: dict) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await edicts.update(info.context, viewer, parse_id(id), input)
 
 
 @mutation.field("deactivateEdict")
-async def resolve_deactivate_edict(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any]:
-    return await edicts.deactivate(info.context, id)
+async def resolve_deactivate_edict(_: Any, info: Info, id: str) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await edicts.deactivate(info.context, viewer, parse_id(id))
 
 
-bindables = [query, mutation]
+# A plain function, not an async generator: a malformed id or `after` is refused at subscribe time.
+@subscription.source("policyBreaches")
+def policy_breaches_source(
+    _: Any, info: Info, severity: str | None = None, after: str | None = None
+) -> AsyncGenerator[Event, None]:
+    def accept(breach: Message) -> bool:
+        return severity is None or breach.get("severity") == severity
+
+    return subscription_source(info, channels.BREACHES, after, accept)
+
+
+subscription.set_field("policyBreaches", resolve_event)
+
+
+bindables = [query, mutation, subscription]

@@ -8,7 +8,8 @@ from ariadne import MutationType, ObjectType, QueryType, SchemaBindable
 from graphql import GraphQLResolveInfo
 
 from app import ingots
-from app.validation import parse_id
+from app.context import Info
+from app.core.validation import parse_id
 
 query = QueryType()
 mutation = MutationType()
@@ -18,7 +19,7 @@ temper_results = ObjectType("TemperResults")
 @query.field("ingots")
 async def resolve_ingots(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     filter: dict[str, Any] | None = None,
     limit: int | None = None,
     offset: int | None = None,
@@ -27,12 +28,12 @@ async def resolve_ingots(
 
 
 @query.field("ingot")
-async def resolve_ingot(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+async def resolve_ingot(_: Any, info: Info, id: str) -> dict[str, Any] | None:
     return await ingots.get_ingot(info.context.db, parse_id(id))
 
 
 @mutation.field("castIngot")
-async def resolve_cast_ingot(_: Any, info: GraphQLResolveInfo, sepulka_id: str) -> dict[str, Any]:
+async def resolve_cast_ingot(_: Any, info: Info, sepulka_id: str) -> dict[str, Any]:
     sepulka_id = parse_id(sepulka_id, "sepulkaId")
     viewer = await info.context.require()
     return await ingots.cast(info.context, viewer, sepulka_id)
@@ -40,14 +41,14 @@ async def resolve_cast_ingot(_: Any, info: GraphQLResolveInfo, sepulka_id: str) 
 
 @mutation.field("temperIngot")
 async def resolve_temper_ingot(
-    _: Any, info: GraphQLResolveInfo, ingot_id: str, input: dict[str, Any]
+    _: Any, info: Info, ingot_id: str, input: dict[str, Any]
 ) -> dict[str, Any]:
     return await ingots.temper(info.context, parse_id(ingot_id, "ingotId"), input)
 
 
 @mutation.field("quenchToFleet")
 async def resolve_quench_to_fleet(
-    _: Any, info: GraphQLResolveInfo, ingot_id: str, fleet_id: str, rollout_percent: int | None = 100
+    _: Any, info: Info, ingot_id: str, fleet_id: str, rollout_percent: int | None = 100
 ) -> dict[str, Any]:
     ingot_id, fleet_id = parse_id(ingot_id, "ingotId"), parse_id(fleet_id, "fleetId")
     return await ingots.quench(info.context, ingot_id, fleet_id, rollout_percent)
@@ -55,7 +56,7 @@ async def resolve_quench_to_fleet(
 
 @mutation.field("recallFleet")
 async def resolve_recall_fleet(
-    _: Any, info: GraphQLResolveInfo, fleet_id: str, to_version: str
+    _: Any, info: Info, fleet_id: str, to_version: str
 ) -> dict[str, Any]:
     fleet_id = parse_id(fleet_id, "fleetId")
     viewer = await info.context.require()

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from ariadne import MutationType, ObjectType, QueryType
-from graphql import GraphQLResolveInfo
+from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
 
 from app import fleets, floors, ingots, robots
-from app.validation import page, parse_id
+from app.context import Info
+from app.core.channels import channels
+from app.core.validation import page, parse_id
+from app.realtime.streams import Event, resolve_event, subscription_source
 
 query = QueryType()
 mutation = MutationType()
 robot_type = ObjectType("Robot")
+subscription = SubscriptionType()
 
 
 @query.field("robots")
 async def resolve_robots(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     fleet_id: str | None = None,
     status: str | None = None,
     limit: int | None = None,
@@ -30,13 +34,13 @@ async def resolve_robots(
 
 
 @query.field("robot")
-async def resolve_robot(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+async def resolve_robot(_: Any, info: Info, id: str) -> dict[str, Any] | None:
     return await info.context.loaders.load(robots.robots_by_id, parse_id(id))
 
 
 @mutation.field("updateRobotStatus")
 async def resolve_update_robot_status(
-    _: Any, info: GraphQLResolveInfo, robot_id: str, status: str
+    _: Any, info: Info, robot_id: str, status: str
 ) -> dict[str, Any]:
     viewer = await info.context.require()
     return await robots.update_status(info.context, viewer, parse_id(robot_id, "robotId"), status)
@@ -44,7 +48,7 @@ async def resolve_update_robot_status(
 
 @mutation.field("updateRobotLocation")
 async def resolve_update_robot_location(
-    _: Any, info: GraphQLResolveInfo, robot_id: str, coordinates: dict
+    _: Any, info: Info, robot_id: str, coordinates: dict
 ) -> dict[str, Any]:
     viewer = await info.context.require()
     return await robots.update_location(info.context, viewer, parse_id(robot_id, "robotId"), coordinates)
@@ -52,26 +56,26 @@ async def resolve_update_robot_location(
 
 @mutation.field("updateRobotMobility")
 async def resolve_update_robot_mobility(
-    _: Any, info: GraphQLResolveInfo, robot_id: str, is_mobile: bool
+    _: Any, info: Info, robot_id: str, is_mobile: bool
 ) -> dict[str, Any]:
     viewer = await info.context.require()
     return await robots.update_mobility(info.context, viewer, parse_id(robot_id, "robotId"), is_mobile)
 
 
 @robot_type.field("currentIngot")
-async def resolve_current_ingot(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+async def resolve_current_ingot(robot: dict, info: Info) -> dict[str, Any] | None:
     return await info.context.loaders.load(ingots.ingots_by_id, robot["current_ingot_id"])
 
 
 @robot_type.field("factoryFloor")
-async def resolve_factory_floor(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+async def resolve_factory_floor(robot: dict, info: Info) -> dict[str, Any] | None:
     if robot["factory_floor_id"] is None:
         return None
     return await info.context.loaders.load(floors.floors_by_id, robot["factory_floor_id"])
 
 
 @robot_type.field("pose")
-async def resolve_pose(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+async def resolve_pose(robot: dict, info: Info) -> dict[str, Any] | None:
     # Without a geo-referenced locus a local pose cannot be placed on the globe.
     if not robot["last_pose"]:
         return None
@@ -84,11 +88,24 @@ async def resolve_pose(robot: dict, info: GraphQLResolveInfo) -> dict[str, Any] 
 
 
 @robot_type.field("isMobile")
-async def resolve_is_mobile(robot: dict, info: GraphQLResolveInfo) -> bool | None:
+async def resolve_is_mobile(robot: dict, info: Info) -> bool | None:
     if robot["is_mobile"] is not None:
         return bool(robot["is_mobile"])
     category = await info.context.loaders.load(robots.pattern_category_by_sepulka_id, robot["sepulka_id"])
     return robots.mobility_from_category(category)
 
 
-bindables = [query, mutation, robot_type]
+# A plain function, not an async generator: a malformed id or `after` is refused at subscribe time.
+@subscription.source("robotStatus")
+def robot_status_source(
+    _: Any, info: Info, robot_id: str | None = None, after: str | None = None
+) -> AsyncGenerator[Event, None]:
+    if robot_id is None:
+        return subscription_source(info, channels.ROBOT_STATUS_ALL, after)
+    return subscription_source(info, channels.robot_status(parse_id(robot_id, "robotId")), after)
+
+
+subscription.set_field("robotStatus", resolve_event)
+
+
+bindables = [query, mutation, robot_type, subscription]

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from ariadne import MutationType, ObjectType, QueryType
+from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
 from graphql import GraphQLResolveInfo
 
 from app import tasks
+from app.context import Info
+from app.core.channels import channels
+from app.core.validation import page, parse_id
+from app.realtime.streams import Event, resolve_event, subscription_source
 from app.smiths import smiths_by_id
-from app.validation import page, parse_id
 
 query = QueryType()
 mutation = MutationType()
 task_type = ObjectType("Task")
 run_type = ObjectType("Run")
 run_metrics = ObjectType("RunMetrics")
+subscription = SubscriptionType()
 
 
 @query.field("tasks")
 async def resolve_tasks(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     filter: dict | None = None,
     limit: int | None = None,
     offset: int | None = None,
@@ -31,14 +36,14 @@ async def resolve_tasks(
 
 
 @query.field("task")
-async def resolve_task(_: Any, info: GraphQLResolveInfo, id: str) -> dict[str, Any] | None:
+async def resolve_task(_: Any, info: Info, id: str) -> dict[str, Any] | None:
     return await tasks.get_task(info.context, parse_id(id))
 
 
 @query.field("runs")
 async def resolve_runs(
     _: Any,
-    info: GraphQLResolveInfo,
+    info: Info,
     task_id: str | None = None,
     robot_id: str | None = None,
     limit: int | None = None,
@@ -52,30 +57,32 @@ async def resolve_runs(
 
 @mutation.field("dispatchTask")
 async def resolve_dispatch_task(
-    _: Any, info: GraphQLResolveInfo, fleet_id: str, input: dict
+    _: Any, info: Info, fleet_id: str, input: dict
 ) -> dict[str, Any]:
-    return await tasks.dispatch(info.context, fleet_id, input)
+    viewer = await info.context.require()
+    return await tasks.dispatch(info.context, viewer, fleet_id, input)
 
 
 @mutation.field("cancelTask")
-async def resolve_cancel_task(_: Any, info: GraphQLResolveInfo, task_id: str) -> dict[str, Any]:
-    return await tasks.cancel(info.context, task_id)
+async def resolve_cancel_task(_: Any, info: Info, task_id: str) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await tasks.cancel(info.context, viewer, task_id)
 
 
 @task_type.field("assignedRobots")
-async def resolve_assigned_robots(task: dict, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+async def resolve_assigned_robots(task: dict, info: Info) -> list[dict[str, Any]]:
     robots: list[dict[str, Any]] = await info.context.loaders.load(tasks.robots_by_task_id, task["id"])
     return robots
 
 
 @task_type.field("runs")
-async def resolve_task_runs(task: dict, info: GraphQLResolveInfo) -> list[dict[str, Any]]:
+async def resolve_task_runs(task: dict, info: Info) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = await info.context.loaders.load(tasks.runs_by_task_id, task["id"])
     return runs
 
 
 @task_type.field("createdBy")
-async def resolve_created_by(task: dict, info: GraphQLResolveInfo) -> dict[str, Any] | None:
+async def resolve_created_by(task: dict, info: Info) -> dict[str, Any] | None:
     smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, task["created_by"])
     return smith
 
@@ -117,4 +124,17 @@ def resolve_performance(metrics: dict, _: GraphQLResolveInfo) -> Any:
     return metrics.get("performance")
 
 
-bindables = [query, mutation, task_type, run_type, run_metrics]
+# A plain function, not an async generator: a malformed id or `after` is refused at subscribe time.
+@subscription.source("taskUpdates")
+def task_updates_source(
+    _: Any, info: Info, fleet_id: str | None = None, after: str | None = None
+) -> AsyncGenerator[Event, None]:
+    if fleet_id is None:
+        return subscription_source(info, channels.TASKS_ALL, after)
+    return subscription_source(info, channels.tasks(parse_id(fleet_id, "fleetId")), after)
+
+
+subscription.set_field("taskUpdates", resolve_event)
+
+
+bindables = [query, mutation, task_type, run_type, run_metrics, subscription]

@@ -5,23 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from ariadne import MutationType
-from graphql import GraphQLResolveInfo
 
 from app import uploads
+from app.context import Info
 
 mutation = MutationType()
 
 
 @mutation.field("uploadProgram")
 async def resolve_upload_program(
-    _: Any, info: GraphQLResolveInfo, file: Any, robot_id: str | None = None, fleet_id: str | None = None
+    _: Any, info: Info, file: Any, robot_id: str | None = None, fleet_id: str | None = None
 ) -> dict[str, Any]:
     return await uploads.upload_program(robot_id, fleet_id, file)
 
 
 @mutation.field("uploadRoute")
 async def resolve_upload_route(
-    _: Any, info: GraphQLResolveInfo, file: Any, robot_id: str | None = None, fleet_id: str | None = None
+    _: Any, info: Info, file: Any, robot_id: str | None = None, fleet_id: str | None = None
 ) -> dict[str, Any]:
     return await uploads.upload_route(robot_id, fleet_id, file)
 

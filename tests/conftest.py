@@ -5,14 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from app import db, seed
-from app.security import Passwords
+from app.infra import db, seed
+from app.infra.security import Passwords
 from app.settings import Settings
 from tests.mailsink import SmtpSink
 from tests.servers import MosquittoServer, PostgresServer, RedisServer
@@ -112,7 +111,7 @@ async def database_url(postgres_url: str, template_url: str) -> AsyncIterator[st
 
 @pytest.fixture
 def settings(base_settings: Settings, database_url: str) -> Settings:
-    return replace(base_settings, database_url=database_url)
+    return base_settings.replace(database_url=database_url)
 
 
 @pytest.fixture

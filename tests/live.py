@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from app.pubsub import record
-from app.server import create_app
+from app.infra.eventlog import record
 from app.settings import Settings
+from app.web.app import create_app
 from tests.servers import free_port
 from tests.support import DEV, Api
 
@@ -30,20 +30,20 @@ class Live:
     async def listening(self, channel: str, within: float = 5) -> None:
         """Returns once a subscriber is registered on the bus, so a publish now is delivered."""
         deadline = time.monotonic() + within
-        while self.api.services.events.subscribers(channel) < 1:
+        while self.api.resources.events.subscribers(channel) < 1:
             assert time.monotonic() < deadline, f"nobody subscribed to {channel}"
             await asyncio.sleep(0.01)
 
     async def publish(self, channel_names: list[str], payload: dict[str, Any]) -> int:
         """As writers do: the event in event_log in its transaction, published after the commit."""
-        async with self.api.services.db.acquire() as conn, conn.transaction():
+        async with self.api.resources.db.acquire() as conn, conn.transaction():
             recorded = await record(conn, channel_names, payload)
-        await self.api.services.events.publish_recorded([recorded])
+        await self.api.resources.events.publish_recorded([recorded])
         return recorded.id
 
     async def row(self, table: str, ident: str) -> dict[str, Any]:
         query = {"robots": "SELECT * FROM robots WHERE id = $1", "tasks": "SELECT * FROM tasks WHERE id = $1"}
-        return dict(await self.api.services.db.fetchrow(query[table], ident))
+        return dict(await self.api.resources.db.fetchrow(query[table], ident))
 
 
 @contextlib.asynccontextmanager

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.server import create_app
 from app.settings import Settings
+from app.web.app import create_app
+
+# The checkout: where subprocesses of the tests run from and docs/ is read.
+ROOT = Path(__file__).resolve().parent.parent
 
 ADMIN = ("admin@sepulki.com", "admin123")
 DEV = ("dev@sepulki.com", "dev123")
@@ -49,8 +53,13 @@ class Api:
                 yield cls(app, c, statements)
 
     @property
-    def services(self) -> Any:
-        return self.app.state.services_holder.services
+    def resources(self) -> Any:
+        return self.app.state.resources_holder.resources
+
+    @property
+    def components(self) -> Any:
+        """The API's running components (app.workers.Running)."""
+        return self.app.state.resources_holder.running
 
     async def post(
         self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
@@ -105,13 +114,13 @@ class Api:
         self, email: str, role: str, password: str = "pw-for-tests", permissions: list[str] | None = None
     ) -> tuple[str, str]:
         """A smith with exactly the role's permissions (unless `permissions` adds some)."""
-        services = self.services
-        await services.db.execute(
+        resources = self.resources
+        await resources.db.execute(
             "INSERT INTO smiths (email, name, password_hash, role, permissions) "
             "VALUES ($1, $2, $3, $4::smith_role, $5)",
             email,
             email.split("@")[0],
-            await services.passwords.hash(password),
+            await resources.passwords.hash(password),
             role,
             permissions or [],
         )

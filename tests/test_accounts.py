@@ -10,23 +10,21 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from app.pubsub import channels
+from app.core.channels import channels
 from app.settings import Settings
 from tests.live import serving
 from tests.mailsink import SmtpSink, our_log
+from tests.seed_ids import ADMIN_ID, DEV_ID
 from tests.support import ADMIN, DEV, LOGIN, Api
 from tests.wsclient import subscribe
 
 STRONG = "quench-orbit-lantern-71-marrow"
 STRONGER = "brass-tundra-pivot-83-saffron"
-ADMIN_ID = "00000000-0000-4000-8000-000000000001"
-DEV_ID = "00000000-0000-4000-8000-000000000002"
 
 INVITE = """
 mutation($email: String!, $role: SmithRole) {
@@ -85,7 +83,7 @@ mutation($robot: ID!) { updateRobotStatus(robotId: $robot, status: MAINTENANCE) 
 @contextlib.asynccontextmanager
 async def mailing(settings: Settings, sink: SmtpSink, **changes: Any) -> AsyncIterator[Api]:
     """The app sending its mail to `sink`, with `changes` to its settings."""
-    async with Api.running(replace(settings, smtp_url=sink.url, **changes)) as api:
+    async with Api.running(settings.replace(smtp_url=sink.url, **changes)) as api:
         yield api
 
 
@@ -116,7 +114,7 @@ async def register(api: Api, **fields: Any) -> dict[str, Any]:
 
 
 async def audit_rows(api: Api, action: str) -> list[dict[str, Any]]:
-    rows = await api.services.db.fetch(
+    rows = await api.resources.db.fetch(
         "SELECT smith_id, action, resource_type, resource_id, changes, ip_address "
         "FROM audit_logs WHERE action = $1 ORDER BY id",
         action,
@@ -161,13 +159,13 @@ async def test_an_admin_invites_an_operator_who_registers_once_with_the_mailed_l
     # And the token does not work twice
     again = await register(mail_api, email="nova@fleet.example", password=STRONGER, inviteToken=token)
     assert codes(again) == [("BAD_USER_INPUT", "inviteToken")]
-    accepted = await mail_api.services.db.fetchval(
+    accepted = await mail_api.resources.db.fetchval(
         "SELECT accepted_at FROM invitations WHERE id = $1", invitation["id"]
     )
     assert accepted is not None
 
     # The token was only ever in the mail: not stored, not in the audit trail, not in the log
-    stored = await mail_api.services.db.fetchval("SELECT token_hash FROM invitations")
+    stored = await mail_api.resources.db.fetchval("SELECT token_hash FROM invitations")
     assert token not in stored
     invite_audit = await audit_rows(mail_api, "inviteSmith")
     register_audit = await audit_rows(mail_api, "register")
@@ -225,7 +223,7 @@ async def test_an_invitation_works_only_for_its_email_its_newest_link_and_until_
     replaced = await register(mail_api, email="vega@fleet.example", password=STRONG, inviteToken=first)
     assert codes(replaced) == [("BAD_USER_INPUT", "inviteToken")]
 
-    await mail_api.services.db.execute("UPDATE invitations SET expires_at = now() - interval '1 second'")
+    await mail_api.resources.db.execute("UPDATE invitations SET expires_at = now() - interval '1 second'")
     expired = await register(mail_api, email="vega@fleet.example", password=STRONG, inviteToken=second)
     assert codes(expired) == [("BAD_USER_INPUT", "inviteToken")]
     assert expired["errors"][0]["message"] == replaced["errors"][0]["message"]
@@ -267,11 +265,11 @@ async def test_invitation_mails_are_rate_limited_per_email(settings: Settings, s
 
 async def test_an_invitation_whose_mail_cannot_be_sent_is_not_stored(settings: Settings) -> None:
     dead = SmtpSink()  # never started: nothing listens on its port
-    async with Api.running(replace(settings, smtp_url=dead.url)) as api:
+    async with Api.running(settings.replace(smtp_url=dead.url)) as api:
         result = (await api.data(INVITE, {"email": "lost@fleet.example"}))["inviteSmith"]
         assert result["invitation"] is None
         assert codes(result) == [("INTERNAL_SERVER_ERROR", "email")]
-        assert await api.services.db.fetchval("SELECT count(*) FROM invitations") == 0
+        assert await api.resources.db.fetchval("SELECT count(*) FROM invitations") == 0
         assert await audit_rows(api, "inviteSmith") == []
 
 
@@ -309,7 +307,7 @@ async def test_a_smith_who_forgot_their_password_sets_a_new_one_from_the_mailed_
     for session in (laptop, phone):
         assert await mail_api.error_codes(ME, token=session["token"], as_=None) == ["UNAUTHENTICATED"]
     assert await login(mail_api, ("forgetful@fleet.example", STRONG)) is not None
-    assert await mail_api.services.db.fetchval(
+    assert await mail_api.resources.db.fetchval(
         "SELECT password_changed_at IS NOT NULL FROM smiths WHERE email = $1", old[0]
     )
 
@@ -357,7 +355,7 @@ async def test_an_unknown_or_deactivated_email_gets_the_same_answer_and_no_mail(
     mail_api: Api, smtp_sink: SmtpSink
 ) -> None:
     gone = await mail_api.create_smith("gone@fleet.example", "SMITH")
-    await mail_api.services.db.execute("UPDATE smiths SET is_active = false WHERE email = $1", gone[0])
+    await mail_api.resources.db.execute("UPDATE smiths SET is_active = false WHERE email = $1", gone[0])
     unknown = await mail_api.execute(RESET, {"email": "ghost@fleet.example"}, as_=None)
     deactivated = await mail_api.execute(RESET, {"email": gone[0]}, as_=None)
     known = await mail_api.execute(RESET, {"email": DEV[0]}, as_=None)
@@ -365,7 +363,7 @@ async def test_an_unknown_or_deactivated_email_gets_the_same_answer_and_no_mail(
     await smtp_sink.wait_for(DEV[0])
     await asyncio.sleep(0.2)
     assert [str(m["To"]) for m in smtp_sink.messages] == [DEV[0]]
-    assert await mail_api.services.db.fetchval("SELECT count(*) FROM password_resets") == 1
+    assert await mail_api.resources.db.fetchval("SELECT count(*) FROM password_resets") == 1
 
 
 async def test_reset_mails_are_limited_quietly_per_email_and_openly_per_address(
@@ -398,7 +396,7 @@ async def test_using_one_reset_link_voids_the_others_and_an_expired_link_is_refu
 
     await mail_api.data(RESET, {"email": ADMIN[0]}, as_=None)
     late = link_token(await smtp_sink.wait_for(ADMIN[0]), "/reset-password", "token")
-    await mail_api.services.db.execute("UPDATE password_resets SET expires_at = now() - interval '1 second'")
+    await mail_api.resources.db.execute("UPDATE password_resets SET expires_at = now() - interval '1 second'")
     expired = await mail_api.data(CONFIRM, {"token": late, "password": STRONG}, as_=None)
     assert codes(expired["confirmPasswordReset"]) == [("BAD_USER_INPUT", "token")]
 
@@ -467,7 +465,7 @@ async def test_a_smith_updates_their_name_and_preferences(api: Api) -> None:
 
 async def test_admins_list_every_smith_newest_first(api: Api) -> None:
     await api.create_smith("newest@fleet.example", "SMITH")
-    await api.services.db.execute("UPDATE smiths SET is_active = false WHERE email = 'newest@fleet.example'")
+    await api.resources.db.execute("UPDATE smiths SET is_active = false WHERE email = 'newest@fleet.example'")
     listed = (await api.data(SMITHS))["smiths"]
     assert listed[0] == {
         "id": listed[0]["id"],
@@ -561,7 +559,7 @@ async def test_a_deactivated_smith_is_signed_out_everywhere_at_once(settings: Se
         [row] = await audit_rows(api, "deactivateSmith")
         assert row["smith_id"] == ADMIN_ID and row["resource_id"] == leaver_id
         assert row["changes"] == {"isActive": {"from": True, "to": False}, "sessionsRevoked": 1}
-        assert await api.services.db.fetchval(
+        assert await api.resources.db.fetchval(
             "SELECT deactivated_at IS NOT NULL FROM smiths WHERE id = $1", leaver_id
         )
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.graphql_app import build_schema
-from app.query_limits import QueryCache
 from app.settings import DEV_JWT_SECRET, Settings
+from app.web.graphql_app import build_schema
+from app.web.query_limits import QueryCache
 from tests.support import Api
 
 
@@ -95,7 +95,7 @@ async def test_negative_limit_is_bad_user_input(api: Api) -> None:
 
 
 async def test_lists_default_to_50_and_never_exceed_500(api: Api) -> None:
-    await api.services.db.execute(
+    await api.resources.db.execute(
         "INSERT INTO loci (name) SELECT 'Site ' || i FROM generate_series(1, 600) AS i"
     )
     default = await api.data("{ loci { id } }")
@@ -124,9 +124,8 @@ def test_production_refuses_the_development_secret() -> None:
 
 
 async def test_production_hides_introspection_and_the_explorer(settings: Settings) -> None:
-    from dataclasses import replace
 
-    prod = replace(settings, env="production", jwt_secret="p" * 40)
+    prod = settings.replace(env="production", jwt_secret="p" * 40)
     async with Api.running(prod) as api:
         page = await api.client.get("/graphql", headers={"accept": "text/html"})
         assert page.status_code == 405
@@ -155,7 +154,7 @@ async def test_json_scalars_accept_objects_and_reject_malformed_json_text(api: A
     )
     assert broken.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert broken.json()["data"] is None
-    count = await api.services.db.fetchval("SELECT count(*) FROM sepulkas WHERE name = 'Scalar probe'")
+    count = await api.resources.db.fetchval("SELECT count(*) FROM sepulkas WHERE name = 'Scalar probe'")
     assert count == 2
 
 

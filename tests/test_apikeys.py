@@ -7,11 +7,9 @@ import re
 from typing import Any
 
 from app import apikeys
+from tests.seed_ids import ALPHA, BETA, MISSING_ROBOT
 from tests.support import Api
 
-ALPHA = "70000000-0000-4000-8000-000000000001"
-BETA = "70000000-0000-4000-8000-000000000002"
-MISSING_ROBOT = "70000000-0000-4000-8000-0000000000ff"
 KEY_FIELDS = "id robotId name prefix createdAt expiresAt lastUsedAt revokedAt"
 
 CREATE = f"""
@@ -39,7 +37,7 @@ async def create_key(api: Api, robot_id: str = ALPHA, **variables: Any) -> dict[
 
 
 async def stored_key(api: Api, key_id: str) -> dict[str, Any]:
-    return dict(await api.services.db.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id))
+    return dict(await api.resources.db.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id))
 
 
 async def test_admin_creates_a_key_whose_plaintext_is_shown_once_and_stored_hashed(api: Api) -> None:
@@ -61,7 +59,7 @@ async def test_admin_creates_a_key_whose_plaintext_is_shown_once_and_stored_hash
     assert listed == [created]
     assert all(key not in str(item) for item in listed)
 
-    audit = await api.services.db.fetchrow(
+    audit = await api.resources.db.fetchrow(
         "SELECT * FROM audit_logs WHERE action = 'createRobotApiKey' AND resource_id = $1", created["id"]
     )
     assert audit["changes"]["prefix"] == created["prefix"]
@@ -70,7 +68,7 @@ async def test_admin_creates_a_key_whose_plaintext_is_shown_once_and_stored_hash
 
 async def test_a_valid_key_authenticates_its_robot_and_marks_it_used_once_a_minute(api: Api) -> None:
     payload = await create_key(api)
-    pool = api.services.db
+    pool = api.resources.db
     assert await apikeys.authenticate(pool, payload["key"]) == ALPHA
     first_use = (await stored_key(api, payload["apiKey"]["id"]))["last_used_at"]
     assert first_use is not None
@@ -91,7 +89,7 @@ async def test_a_valid_key_authenticates_its_robot_and_marks_it_used_once_a_minu
 
 async def test_forged_or_malformed_keys_authenticate_nobody(api: Api) -> None:
     key = (await create_key(api))["key"]
-    pool = api.services.db
+    pool = api.resources.db
     prefix, _, secret = key.rpartition("_")
     forged = f"{prefix}_{'A' * len(secret)}"
     for attempt in (forged, key[:-1], "sk_robot_", "sk_robot_abcdefgh_x", "Bearer " + key, "", "🤖" * 20):
@@ -107,7 +105,7 @@ async def test_rotating_a_key_invalidates_the_old_one_and_keeps_name_and_lifetim
     assert rotated["apiKey"]["id"] != old["apiKey"]["id"]
     assert rotated["apiKey"]["robotId"] == BETA and rotated["apiKey"]["name"] == "beta"
 
-    pool = api.services.db
+    pool = api.resources.db
     assert await apikeys.authenticate(pool, old["key"]) is None
     assert await apikeys.authenticate(pool, new_key) == BETA
     old_row = await stored_key(api, old["apiKey"]["id"])
@@ -122,7 +120,7 @@ async def test_rotating_a_key_invalidates_the_old_one_and_keeps_name_and_lifetim
     again = (await api.data(ROTATE, {"id": old["apiKey"]["id"]}))["rotateRobotApiKey"]
     assert again["apiKey"] is None and again["key"] is None
     assert [e["code"] for e in again["errors"]] == ["CONFLICT"]
-    assert await api.services.db.fetchval("SELECT count(*) FROM api_keys WHERE robot_id = $1", BETA) == 2
+    assert await api.resources.db.fetchval("SELECT count(*) FROM api_keys WHERE robot_id = $1", BETA) == 2
 
 
 async def test_revoked_key_stops_working_and_revoking_twice_changes_nothing(api: Api) -> None:
@@ -130,11 +128,11 @@ async def test_revoked_key_stops_working_and_revoking_twice_changes_nothing(api:
     key_id = payload["apiKey"]["id"]
     revoked = (await api.data(REVOKE, {"id": key_id}))["revokeRobotApiKey"]
     assert revoked["id"] == key_id and revoked["revokedAt"] is not None
-    assert await apikeys.authenticate(api.services.db, payload["key"]) is None
+    assert await apikeys.authenticate(api.resources.db, payload["key"]) is None
 
     again = (await api.data(REVOKE, {"id": key_id}))["revokeRobotApiKey"]
     assert again["revokedAt"] == revoked["revokedAt"]
-    audits = await api.services.db.fetchval(
+    audits = await api.resources.db.fetchval(
         "SELECT count(*) FROM audit_logs WHERE action = 'revokeRobotApiKey' AND resource_id = $1", key_id
     )
     assert audits == 1
@@ -148,7 +146,7 @@ async def test_expired_key_stops_working_and_keys_without_expiry_keep_working(ap
     expiring = await create_key(api, days=1)
     forever = await create_key(api)
     assert forever["apiKey"]["expiresAt"] is None
-    pool = api.services.db
+    pool = api.resources.db
     assert await apikeys.authenticate(pool, expiring["key"]) == ALPHA
     await pool.execute(
         "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1", expiring["apiKey"]["id"]
@@ -159,8 +157,8 @@ async def test_expired_key_stops_working_and_keys_without_expiry_keep_working(ap
 
 async def test_keys_of_a_deleted_robot_stop_working(api: Api) -> None:
     payload = await create_key(api, robot_id=BETA)
-    await api.services.db.execute("UPDATE robots SET deleted_at = now() WHERE id = $1", BETA)
-    assert await apikeys.authenticate(api.services.db, payload["key"]) is None
+    await api.resources.db.execute("UPDATE robots SET deleted_at = now() WHERE id = $1", BETA)
+    assert await apikeys.authenticate(api.resources.db, payload["key"]) is None
     refused = (await api.data(ROTATE, {"id": payload["apiKey"]["id"]}))["rotateRobotApiKey"]
     assert [e["code"] for e in refused["errors"]] == ["NOT_FOUND"]
 
@@ -175,7 +173,7 @@ async def test_out_of_range_expiry_and_unknown_robot_are_payload_errors(api: Api
     unknown = (await api.data(CREATE, {"robotId": MISSING_ROBOT}))["createRobotApiKey"]
     assert [e["code"] for e in unknown["errors"]] == ["NOT_FOUND"]
     assert await api.error_codes(CREATE, {"robotId": "robot-1"}) == ["BAD_USER_INPUT"]
-    assert await api.services.db.fetchval("SELECT count(*) FROM api_keys") == 0
+    assert await api.resources.db.fetchval("SELECT count(*) FROM api_keys") == 0
 
 
 async def test_an_over_smith_without_system_config_cannot_manage_keys(api: Api) -> None:
@@ -186,5 +184,5 @@ async def test_an_over_smith_without_system_config_cannot_manage_keys(api: Api) 
     assert await api.error_codes(ROTATE, {"id": key_id}, as_=over_smith) == ["FORBIDDEN"]
     assert await api.error_codes(REVOKE, {"id": key_id}, as_=over_smith) == ["FORBIDDEN"]
     assert await api.error_codes(LIST, {"robotId": ALPHA}, as_=None) == ["UNAUTHENTICATED"]
-    assert await api.services.db.fetchval("SELECT count(*) FROM api_keys") == 1
+    assert await api.resources.db.fetchval("SELECT count(*) FROM api_keys") == 1
     assert (await stored_key(api, key_id))["revoked_at"] is None

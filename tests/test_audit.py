@@ -13,17 +13,19 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-from app.graphql_app import build_schema
+from app.web.graphql_app import build_schema
+from tests.seed_ids import (
+    BETA,
+    DEV_FLEET,
+    DEV_FLOOR,
+    DEV_ID,
+    GEARBOX_TASK,
+    SERVO,
+    WAREHOUSE_FLEET,
+    WAREHOUSE_SEPULKA,
+)
 from tests.support import ADMIN, DEV, Api
 
-BETA = "70000000-0000-4000-8000-000000000002"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-WAREHOUSE_FLEET = "40000000-0000-4000-8000-000000000003"
-CAST_READY_SEPULKA = "50000000-0000-4000-8000-000000000002"
-GEARBOX_TASK = "80000000-0000-4000-8000-000000000002"
-DEV_FLOOR = "b0000000-0000-4000-8000-000000000001"
-SERVO = "20000000-0000-4000-8000-000000000001"
-DEV_ID = "00000000-0000-4000-8000-000000000002"
 STRONG = "Quartz-Lantern-Meadow-42"
 STRONGER = "Violet-Harbor-Tundra-1187"
 
@@ -64,7 +66,7 @@ async def test_admin_sees_who_changed_a_robot_when_from_where_and_how(api: Api) 
 async def _write_rows(api: Api, count: int, *, resource_type: str, smiths: list[str] | None = None) -> None:
     """`count` audit rows, the first half sharing one timestamp (as rows of one transaction do)."""
     shared = count // 2
-    await api.services.db.execute(
+    await api.resources.db.execute(
         """
         INSERT INTO audit_logs (smith_id, action, resource_type, resource_id, changes, created_at)
         SELECT ($3::uuid[])[1 + (i - 1) % greatest(cardinality($3::uuid[]), 1)],
@@ -97,7 +99,7 @@ async def test_admin_pages_through_the_trail_newest_first_without_gaps_or_duplic
     await _write_rows(api, 23, resource_type="PagingTest")
     expected = [
         str(r["id"])
-        for r in await api.services.db.fetch(
+        for r in await api.resources.db.fetch(
             "SELECT id FROM audit_logs WHERE resource_type = 'PagingTest' ORDER BY created_at DESC, id DESC"
         )
     ]
@@ -107,7 +109,7 @@ async def test_admin_pages_through_the_trail_newest_first_without_gaps_or_duplic
 
     # A row written meanwhile is newer than every cursor: the pages still to read do not shift.
     first = (await api.data(AUDIT_LOGS, {"first": 5, "filter": {"resourceType": "PagingTest"}}))["auditLogs"]
-    await api.services.db.execute(
+    await api.resources.db.execute(
         "INSERT INTO audit_logs (action, resource_type) VALUES ('addEdict', 'PagingTest')"
     )
     after = first["pageInfo"]["endCursor"]
@@ -173,7 +175,7 @@ async def _statements(api: Api, first: int) -> tuple[int, int]:
 
 
 async def test_statement_count_does_not_grow_with_the_page(api: Api) -> None:
-    smiths = await api.services.db.fetch(
+    smiths = await api.resources.db.fetch(
         """
         INSERT INTO smiths (email, name, password_hash)
         SELECT 'auditee' || i || '@sepulki.com', 'Auditee ' || i, 'x' FROM generate_series(1, 80) AS i
@@ -233,7 +235,7 @@ class Auditor:
         token: str | None,
         upload: str | None = None,
     ) -> Any:
-        db = self.api.services.db
+        db = self.api.resources.db
         last = await db.fetchval("SELECT coalesce(max(id), 0) FROM audit_logs")
         body = await self.post(document, variables, token, upload)
         assert not body.get("errors"), f"{field}: {body}"
@@ -329,7 +331,7 @@ async def _accounts(audit: Auditor, admin: str) -> None:
     )
     await audit.call("logout", "mutation { logout }", token=token)
     target = await audit.api.create_smith("target@sepulki.com", "SMITH")
-    target_id = await audit.api.services.db.fetchval("SELECT id FROM smiths WHERE email = $1", target[0])
+    target_id = await audit.api.resources.db.fetchval("SELECT id FROM smiths WHERE email = $1", target[0])
     await audit.call(
         "updateSmithRole",
         f"mutation($id: ID!) {{ updateSmithRole(smithId: $id, role: OVER_SMITH) {SMITH_PAYLOAD} }}",
@@ -374,7 +376,7 @@ async def _fleet_domain(audit: Auditor, admin: str) -> None:
     await call(
         "castIngot",
         "mutation($s: ID!) { castIngot(sepulkaId: $s) { ingot { id } errors { code } } }",
-        {"s": CAST_READY_SEPULKA},
+        {"s": WAREHOUSE_SEPULKA},
         token=admin,
     )
     forged = await call(
@@ -496,7 +498,7 @@ async def _fleet_domain(audit: Auditor, admin: str) -> None:
 
 async def test_every_mutation_that_succeeds_writes_its_audit_row(api: Api) -> None:
     mutations = set(build_schema().mutation_type.fields)  # type: ignore[union-attr]
-    audit = Auditor(api, api.services.settings.data_dir / "mail")
+    audit = Auditor(api, api.resources.settings.data_dir / "mail")
     admin = await api.token(*ADMIN)
     await _accounts(audit, admin)
     await _fleet_domain(audit, admin)

@@ -40,7 +40,7 @@ async def test_wrong_password_and_unknown_email_get_the_same_answer(api: Api) ->
 
 
 async def test_password_is_stored_as_argon2id(api: Api) -> None:
-    stored = await api.services.db.fetchval("SELECT password_hash FROM smiths WHERE email = $1", ADMIN[0])
+    stored = await api.resources.db.fetchval("SELECT password_hash FROM smiths WHERE email = $1", ADMIN[0])
     assert stored.startswith("$argon2id$")
 
 
@@ -54,7 +54,7 @@ async def test_missing_permission_is_forbidden(api: Api) -> None:
 
 
 async def test_expired_and_forged_tokens_are_rejected(api: Api) -> None:
-    settings = api.services.settings
+    settings = api.resources.settings
     now = int(time.time())
     expired = jwt.encode(
         {"sub": "00000000-0000-4000-8000-000000000001", "sid": "x", "iat": now - 100, "exp": now - 10},
@@ -92,7 +92,7 @@ async def test_refresh_rotates_and_logout_revokes(api: Api) -> None:
 
 
 def claims_of(api: Api, token: str) -> dict[str, Any]:
-    settings = api.services.settings
+    settings = api.resources.settings
     claims: dict[str, Any] = jwt.decode(token, settings.jwt_secret, algorithms=[settings.jwt_algorithm])
     return claims
 
@@ -101,15 +101,15 @@ async def test_access_token_lives_15_minutes_and_names_its_smith_and_session(api
     body = await api.execute(LOGIN, {"email": DEMO[0], "password": DEMO[1]}, as_=None)
     login = body["data"]["login"]
     claims = claims_of(api, login["session"]["token"])
-    assert claims["exp"] - claims["iat"] == 15 * 60 == api.services.settings.access_token_ttl_s
+    assert claims["exp"] - claims["iat"] == 15 * 60 == api.resources.settings.access_token_ttl_s
     assert claims["sub"] == login["smith"]["id"]
-    stored = await api.services.db.fetchval("SELECT smith_id FROM sessions WHERE id = $1", claims["sid"])
+    stored = await api.resources.db.fetchval("SELECT smith_id FROM sessions WHERE id = $1", claims["sid"])
     assert stored == claims["sub"]
     assert jwt.get_unverified_header(login["session"]["token"])["alg"] == "HS256"
 
 
 async def test_tokens_signed_otherwise_or_without_a_session_are_refused(api: Api) -> None:
-    secret = api.services.settings.jwt_secret
+    secret = api.resources.settings.jwt_secret
     genuine = claims_of(api, await api.token(*DEMO))
     assert await api.error_codes(ME, token=jwt.encode(genuine, secret, algorithm="HS256"), as_=None) == []
     # The algorithm is pinned: the right secret under another algorithm does not make a token.
@@ -144,7 +144,7 @@ def test_production_refuses_the_development_secret() -> None:
 
 
 async def test_over_smith_holds_every_smith_permission(api: Api) -> None:
-    from app.permissions import ROLE_PERMISSIONS, Role
+    from app.core.permissions import ROLE_PERMISSIONS, Role
 
     assert ROLE_PERMISSIONS[Role.SMITH] < ROLE_PERMISSIONS[Role.OVER_SMITH]
     assert ROLE_PERMISSIONS[Role.OVER_SMITH] < ROLE_PERMISSIONS[Role.ADMIN]

@@ -18,7 +18,7 @@ import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from inspect import isawaitable
 from typing import Any
@@ -43,12 +43,11 @@ from graphql import (
 )
 
 from app.context import Context
-from app.errors import error_formatter
-from app.graphql_app import build_schema
-from app.loaders import Loaders
-from app.permissions import ROLE_PERMISSIONS, Perm, Role
-from app.settings import ROOT, Settings
-from tests.support import Api
+from app.core.permissions import ROLE_PERMISSIONS, Perm, Role
+from app.settings import Settings
+from app.web.errors import error_formatter
+from app.web.graphql_app import build_schema
+from tests.support import ROOT, Api
 
 ANONYMOUS = "ANONYMOUS"
 CALLERS = (ANONYMOUS, Role.SMITH.value, Role.OVER_SMITH.value, Role.ADMIN.value)
@@ -186,8 +185,7 @@ async def private_database(postgres_url: str, template: str, label: str) -> Asyn
 
 def generous(settings: Settings, database_url: str) -> Settings:
     """Limits that hundreds of calls from one address do not reach: rate limiting has its own tests."""
-    return replace(
-        settings,
+    return settings.replace(
         database_url=database_url,
         login_rate_limit_ip="100000/minute",
         login_rate_limit_account="100000/minute",
@@ -215,7 +213,7 @@ class Callers:
         for role in Role:
             email = f"{label}-{role.value.lower()}@sepulki.com"
             await self.api.create_smith(email, role.value)
-            row = await self.api.services.db.fetchrow(
+            row = await self.api.resources.db.fetchrow(
                 "SELECT id, email, role::text AS role FROM smiths WHERE email = $1", email
             )
             self.smiths[role.value] = dict(row)
@@ -224,8 +222,8 @@ class Callers:
         if caller == ANONYMOUS:
             return None
         smith = self.smiths[caller]
-        session_id = await self.api.services.db.fetchval(INSERT_SESSION, smith["id"], secrets.token_hex(32))
-        token, _ = self.api.services.tokens.issue(smith, session_id)
+        session_id = await self.api.resources.db.fetchval(INSERT_SESSION, smith["id"], secrets.token_hex(32))
+        token, _ = self.api.resources.tokens.issue(smith, session_id)
         return token
 
 
@@ -268,8 +266,8 @@ async def call_http(api: Api, op: Operation, token: str | None) -> dict[str, Any
 async def call_subscription(api: Api, op: Operation, token: str | None) -> list[dict[str, Any]]:
     """Subscribes through the app's executable schema with a request context, as the websocket
     handler does; the guard runs before the source stream is created."""
-    services = api.services
-    context = Context(services, None, token, Loaders(services.db))
+    resources = api.resources
+    context = Context(resources, token)
     result = subscribe(
         api.app.state.schema, parse(op.document), context_value=context, variable_values=op.variables
     )

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_FLEET
 from tests.support import Api
-
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-WAREHOUSE = "40000000-0000-4000-8000-000000000003"
-ALPHA = "70000000-0000-4000-8000-000000000001"
-BETA = "70000000-0000-4000-8000-000000000002"
 
 BELLOWS = """
 query($fleetId: ID!, $range: TimeRange!) {
@@ -56,11 +52,11 @@ async def test_bellows_returns_stored_metrics_of_the_fleet_robots(api: Api) -> N
 
 
 async def test_bellows_events_and_unknown_metric_units(api: Api) -> None:
-    await api.services.db.execute(
+    await api.resources.db.execute(
         'UPDATE telemetry SET metrics = metrics || \'{"FORCE": 12.5, "MODE": "auto"}\' WHERE fleet_id = $1',
-        WAREHOUSE,
+        WAREHOUSE_FLEET,
     )
-    body = await api.data(BELLOWS, {"fleetId": WAREHOUSE, "range": last(1.5)})
+    body = await api.data(BELLOWS, {"fleetId": WAREHOUSE_FLEET, "range": last(1.5)})
     [event] = body["bellows"]["events"]
     assert event["type"] == "BATTERY_LOW" and event["severity"] == "WARNING"
     assert event["robotId"] == "70000000-0000-4000-8000-000000000003"
@@ -100,7 +96,7 @@ async def test_robot_telemetry_returns_the_newest_points_first(api: Api) -> None
     assert len(points) == 10
     timestamps = [p["timestamp"] for p in points]
     assert timestamps == sorted(timestamps, reverse=True)
-    newest = await api.services.db.fetchval("SELECT max(ts) FROM telemetry WHERE robot_id = $1", ALPHA)
+    newest = await api.resources.db.fetchval("SELECT max(ts) FROM telemetry WHERE robot_id = $1", ALPHA)
     assert datetime.fromisoformat(timestamps[0]) == newest
     for point in points:
         assert isinstance(point["metrics"]["cpu"], float)
@@ -114,7 +110,7 @@ async def test_robot_telemetry_returns_the_newest_points_first(api: Api) -> None
 
 
 async def test_robot_telemetry_uptime_counts_offline_samples(api: Api) -> None:
-    await api.services.db.execute(
+    await api.resources.db.execute(
         "UPDATE telemetry SET status = 'OFFLINE' WHERE robot_id = $1 AND seq <= 15", BETA
     )
     body = await api.data(ROBOT_TELEMETRY, {"id": BETA, "range": "24h"})
@@ -126,8 +122,8 @@ async def test_robot_telemetry_uptime_counts_offline_samples(api: Api) -> None:
 
 
 async def test_robot_telemetry_default_range_and_limit(api: Api) -> None:
-    await api.services.db.execute("DELETE FROM telemetry WHERE robot_id = $1", ALPHA)
-    await api.services.db.execute(
+    await api.resources.db.execute("DELETE FROM telemetry WHERE robot_id = $1", ALPHA)
+    await api.resources.db.execute(
         "INSERT INTO telemetry (robot_id, fleet_id, seq, ts, metrics) "
         "SELECT $1, $2, 1000 + g, now() - g * interval '1 second', '{\"CPU_USAGE\": 1}' "
         "FROM generate_series(1, 150) g",
@@ -155,11 +151,11 @@ async def test_robot_telemetry_rejects_bad_ranges_and_unknown_robots(api: Api) -
 async def test_telemetry_of_many_windows_is_one_query_per_window_and_kind(api: Api) -> None:
     from app.bellows import events_by_window, metrics_by_window
 
-    pool = api.services.db
+    pool = api.resources.db
     now = datetime.now(UTC)
     hour = (now - timedelta(hours=1), now)
     day = (now - timedelta(days=1), now)
-    keys = [(DEV_FLEET, *hour), (WAREHOUSE, *hour), (DEV_FLEET, *day)]
+    keys = [(DEV_FLEET, *hour), (WAREHOUSE_FLEET, *hour), (DEV_FLEET, *day)]
     with api.count_statements() as statements:
         metrics = await metrics_by_window(pool, keys)
         events = await events_by_window(pool, keys)

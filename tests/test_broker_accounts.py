@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 
 import orjson
 import pytest
@@ -18,13 +17,15 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MQTTConnectError
 
-from app import broker_accounts
+from app import apikeys
+from app.infra import broker_accounts
 from app.settings import Settings
 from app.simulator import Plan, SimConfig, simulate
+from tests.seed_ids import ALPHA, BETA
 from tests.servers import DynsecMosquittoServer, free_port
 from tests.support import Api
 from tests.test_apikeys import CREATE, REVOKE, ROTATE, create_key
-from tests.test_ingest import ALPHA, BETA, eventually, ingesting, samples_of, telemetry
+from tests.test_ingest import eventually, ingesting, samples_of, telemetry
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,7 @@ def dynsec() -> Iterator[DynsecMosquittoServer]:
 @pytest.fixture
 async def guarded(settings: Settings, dynsec: DynsecMosquittoServer) -> AsyncIterator[Api]:
     """The API ingesting from the guarded broker, managing robots' accounts on it."""
-    configured = replace(
-        settings,
+    configured = settings.replace(
         mqtt_url=dynsec.service_url,
         mqtt_admin_url=dynsec.admin_url,
         mqtt_client_id=f"sepulki-ingest-test-{uuid.uuid4().hex[:8]}",
@@ -130,7 +130,7 @@ async def test_reconcile_deletes_the_accounts_of_expired_revoked_and_unknown_key
 ) -> None:
     expired = await create_key(guarded, ALPHA)
     live = await create_key(guarded, BETA)
-    await guarded.services.db.execute(
+    await guarded.resources.db.execute(
         "UPDATE api_keys SET expires_at = now() - interval '1 minute', created_at = now() - interval '1 day'"
         " WHERE id = $1",
         expired["apiKey"]["id"],
@@ -138,27 +138,28 @@ async def test_reconcile_deletes_the_accounts_of_expired_revoked_and_unknown_key
     async with broker_accounts.session(dynsec.admin_url) as admin:
         # An account the database knows nothing of (made by hand, or left by a rolled-back key).
         await admin.grant(BETA, "sk_robot_zz000000", "sk_robot_zz000000_not-a-key-we-issued")
-    deleted = await broker_accounts.reconcile(guarded.services.db, dynsec.admin_url)
+    deleted = await apikeys.reconcile_broker_accounts(guarded.resources.db, dynsec.admin_url)
     assert sorted(deleted) == sorted([expired["apiKey"]["prefix"], "sk_robot_zz000000"])
     assert await refused(dynsec, expired["apiKey"]["prefix"], expired["key"])
     assert not await refused(dynsec, live["apiKey"]["prefix"], live["key"])
-    assert await broker_accounts.reconcile(guarded.services.db, dynsec.admin_url) == []
+    assert await apikeys.reconcile_broker_accounts(guarded.resources.db, dynsec.admin_url) == []
 
 
 async def test_no_key_is_issued_when_the_broker_cannot_take_its_account(settings: Settings) -> None:
-    unreachable = replace(settings, mqtt_admin_url=f"mqtt://admin:x@127.0.0.1:{free_port()}")
+    unreachable = settings.replace(mqtt_admin_url=f"mqtt://admin:x@127.0.0.1:{free_port()}")
     async with Api.running(unreachable) as api:
         payload = (await api.data(CREATE, {"robotId": ALPHA}))["createRobotApiKey"]
         assert payload["apiKey"] is None and payload["key"] is None
         assert [e["code"] for e in payload["errors"]] == ["SERVICE_UNAVAILABLE"]
-        assert await api.services.db.fetchval("SELECT count(*) FROM api_keys WHERE robot_id = $1", ALPHA) == 0
+        keys = await api.resources.db.fetchval("SELECT count(*) FROM api_keys WHERE robot_id = $1", ALPHA)
+        assert keys == 0
 
 
 async def test_simulated_robots_get_keys_for_their_run_on_a_broker_that_requires_them(
     guarded: Api, dynsec: DynsecMosquittoServer
 ) -> None:
     plan = Plan(
-        guarded.services.settings.database_url or "",
+        guarded.resources.settings.database_url or "",
         robots=0,
         robot_ids=[ALPHA, BETA],
         fleet_id=None,
@@ -169,7 +170,7 @@ async def test_simulated_robots_get_keys_for_their_run_on_a_broker_that_requires
     assert stats.as_dict()["telemetry"] > 0
     for robot_id in (ALPHA, BETA):
         assert await samples_of(guarded, robot_id), f"nothing stored from simulated robot {robot_id}"
-    keys = await guarded.services.db.fetch(
+    keys = await guarded.resources.db.fetch(
         "SELECT prefix, revoked_at, created_by FROM api_keys WHERE name = 'sepulki simulate'"
     )
     # One key per robot for the run, issued by the service itself, revoked when it ended.

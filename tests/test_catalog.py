@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
+from tests.seed_ids import ARM_PATTERN, GRIPPER, POWER, SERVO
 from tests.support import DEMO, Api
-
-SERVO = "20000000-0000-4000-8000-000000000001"
-GRIPPER = "20000000-0000-4000-8000-000000000003"
-POWER = "20000000-0000-4000-8000-000000000004"
-ARM_PATTERN = "10000000-0000-4000-8000-000000000001"
 
 PATTERNS = """
 query($category: PatternCategory, $limit: Int, $offset: Int) {

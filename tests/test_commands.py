@@ -16,7 +16,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,18 +24,17 @@ import gmqtt
 import pytest
 from gmqtt.mqtt.constants import MQTTv50
 
-from app import commands, db
-from app.pubsub import channels
+from app import commands
+from app.core.channels import channels
+from app.infra import db
 from app.settings import Settings
+from app.workers.commands import Sweeper
 from tests.live import serving
+from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_BOT_01
 from tests.servers import MosquittoServer
 from tests.support import ADMIN, Api
 from tests.wsclient import subscribe
 
-DEVBOT_ALPHA = "70000000-0000-4000-8000-000000000001"
-DEVBOT_BETA = "70000000-0000-4000-8000-000000000002"
-WAREHOUSE_BOT = "70000000-0000-4000-8000-000000000003"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
 ADMIN_ID_SQL = "SELECT id FROM smiths WHERE email = 'admin@sepulki.com'"
 
 FIELDS = """
@@ -122,11 +120,11 @@ async def robot_on(url: str, *robot_ids: str) -> AsyncIterator[TestRobot]:
 def with_broker(settings: Settings, mosquitto: MosquittoServer, **changes: Any) -> Settings:
     # Own client ids per test: the broker must not mistake this app for the previous test's.
     client_id = f"sepulki-test-{uuid.uuid4().hex[:8]}"
-    return replace(settings, mqtt_url=mosquitto.url, mqtt_client_id=client_id, **changes)
+    return settings.replace(mqtt_url=mosquitto.url, mqtt_client_id=client_id, **changes)
 
 
 async def row(api: Api, command_id: str) -> dict[str, Any]:
-    return dict(await api.services.db.fetchrow("SELECT * FROM robot_commands WHERE id = $1", command_id))
+    return dict(await api.resources.db.fetchrow("SELECT * FROM robot_commands WHERE id = $1", command_id))
 
 
 async def state_becomes(api: Api, command_id: str, state: str, within: float = 5) -> dict[str, Any]:
@@ -154,13 +152,13 @@ async def commanding(settings: Settings, mosquitto: MosquittoServer) -> AsyncIte
 async def test_admin_sends_a_command_and_devbot_alpha_receives_it_over_mqtt(
     commanding: Api, mosquitto: MosquittoServer
 ) -> None:
-    async with robot_on(mosquitto.url, DEVBOT_ALPHA) as robot:
-        command = await send(commanding, DEVBOT_ALPHA, params={"x": 1.5, "y": -2}, ttl=60)
+    async with robot_on(mosquitto.url, ALPHA) as robot:
+        command = await send(commanding, ALPHA, params={"x": 1.5, "y": -2}, ttl=60)
         topic, message = await robot.next()
     assert command["state"] == "QUEUED"
-    assert command["robotId"] == DEVBOT_ALPHA
+    assert command["robotId"] == ALPHA
     assert command["issuedBy"] == {"email": ADMIN[0]}
-    assert topic == f"robots/{DEVBOT_ALPHA}/commands"
+    assert topic == f"robots/{ALPHA}/commands"
     assert message["commandId"] == command["id"]
     assert message["type"] == "MOVE_TO"
     assert message["params"] == {"x": 1.5, "y": -2}
@@ -170,15 +168,15 @@ async def test_admin_sends_a_command_and_devbot_alpha_receives_it_over_mqtt(
     assert stored["sent_at"] is not None
     seen = (await commanding.data(COMMAND, {"id": command["id"]}))["robotCommand"]
     assert seen["state"] == "SENT" and seen["sentAt"] is not None
-    listed = (await commanding.data(COMMANDS, {"robotId": DEVBOT_ALPHA}))["robotCommands"]
+    listed = (await commanding.data(COMMANDS, {"robotId": ALPHA}))["robotCommands"]
     assert [c["id"] for c in listed] == [command["id"]]
-    audit = await commanding.services.db.fetchrow(
+    audit = await commanding.resources.db.fetchrow(
         "SELECT * FROM audit_logs WHERE action = 'sendRobotCommand' AND resource_id = $1", command["id"]
     )
     assert audit["changes"]["type"] == "MOVE_TO"
-    logged = await commanding.services.db.fetch(
+    logged = await commanding.resources.db.fetch(
         "SELECT payload->>'state' AS state FROM event_log WHERE channels @> $1 ORDER BY id",
-        [channels.commands(DEVBOT_ALPHA)],
+        [channels.commands(ALPHA)],
     )
     assert [e["state"] for e in logged] == ["QUEUED", "SENT"]
 
@@ -187,13 +185,13 @@ async def test_robot_acks_over_mqtt_move_the_command_to_received_then_succeeded(
     commanding: Api, mosquitto: MosquittoServer
 ) -> None:
     """Needs the ingest pipeline (app/ingest) in the app: it consumes robots/{id}/commands/ack."""
-    async with robot_on(mosquitto.url, DEVBOT_ALPHA) as robot:
-        command = await send(commanding, DEVBOT_ALPHA, type="DOCK")
+    async with robot_on(mosquitto.url, ALPHA) as robot:
+        command = await send(commanding, ALPHA, type="DOCK")
         _, message = await robot.next()
         await state_becomes(commanding, command["id"], "SENT")
-        robot.ack(DEVBOT_ALPHA, message["commandId"], "RECEIVED")
+        robot.ack(ALPHA, message["commandId"], "RECEIVED")
         received = await state_becomes(commanding, command["id"], "RECEIVED")
-        robot.ack(DEVBOT_ALPHA, message["commandId"], "SUCCEEDED", "docked at charger 2")
+        robot.ack(ALPHA, message["commandId"], "SUCCEEDED", "docked at charger 2")
         done = await state_becomes(commanding, command["id"], "SUCCEEDED")
     assert received["received_at"] is not None
     assert done["detail"] == "docked at charger 2"
@@ -204,29 +202,29 @@ async def test_robot_acks_over_mqtt_move_the_command_to_received_then_succeeded(
 
 async def test_acks_apply_only_in_order_and_only_from_the_commands_robot(api: Api) -> None:
     """apply_acks as the ingest calls it, in its batch transaction."""
-    alpha = await send(api, DEVBOT_ALPHA, type="BEEP")
-    beta = await send(api, DEVBOT_BETA, type="BEEP")
+    alpha = await send(api, ALPHA, type="BEEP")
+    beta = await send(api, BETA, type="BEEP")
     now = datetime.now(UTC)
 
     async def apply(*acks: dict[str, Any]) -> list[dict[str, Any]]:
-        async with api.services.db.acquire() as conn, conn.transaction():
+        async with api.resources.db.acquire() as conn, conn.transaction():
             return await commands.apply_acks(conn, [{"received_at": now, "detail": None} | a for a in acks])
 
     # Another robot's ack, an unknown command, a malformed id and an unknown state change nothing.
     ignored = await apply(
-        {"robot_id": DEVBOT_BETA, "command_id": alpha["id"], "state": "RECEIVED"},
-        {"robot_id": DEVBOT_ALPHA, "command_id": str(uuid.uuid4()), "state": "RECEIVED"},
-        {"robot_id": DEVBOT_ALPHA, "command_id": "not-a-uuid", "state": "RECEIVED"},
-        {"robot_id": DEVBOT_ALPHA, "command_id": alpha["id"], "state": "DONE"},
+        {"robot_id": BETA, "command_id": alpha["id"], "state": "RECEIVED"},
+        {"robot_id": ALPHA, "command_id": str(uuid.uuid4()), "state": "RECEIVED"},
+        {"robot_id": ALPHA, "command_id": "not-a-uuid", "state": "RECEIVED"},
+        {"robot_id": ALPHA, "command_id": alpha["id"], "state": "DONE"},
     )
     assert ignored == []
     assert (await row(api, alpha["id"]))["state"] == "QUEUED"
     # QUEUED -> SUCCEEDED skips a step: refused. RECEIVED then SUCCEEDED in one batch: both apply.
-    assert await apply({"robot_id": DEVBOT_ALPHA, "command_id": alpha["id"], "state": "SUCCEEDED"}) == []
+    assert await apply({"robot_id": ALPHA, "command_id": alpha["id"], "state": "SUCCEEDED"}) == []
     changed = await apply(
-        {"robot_id": DEVBOT_ALPHA, "command_id": alpha["id"], "state": "SUCCEEDED", "detail": "beeped"},
-        {"robot_id": DEVBOT_ALPHA, "command_id": alpha["id"], "state": "RECEIVED"},
-        {"robot_id": DEVBOT_BETA, "command_id": beta["id"], "state": "RECEIVED"},
+        {"robot_id": ALPHA, "command_id": alpha["id"], "state": "SUCCEEDED", "detail": "beeped"},
+        {"robot_id": ALPHA, "command_id": alpha["id"], "state": "RECEIVED"},
+        {"robot_id": BETA, "command_id": beta["id"], "state": "RECEIVED"},
     )
     assert [(c["id"], c["state"]) for c in changed] == [
         (alpha["id"], "RECEIVED"),
@@ -240,16 +238,14 @@ async def test_acks_apply_only_in_order_and_only_from_the_commands_robot(api: Ap
     assert done["received_at"] == now and done["completed_at"] == now
     # A redelivered or late ack does not reopen a finished command.
     late = await apply(
-        {"robot_id": DEVBOT_ALPHA, "command_id": alpha["id"], "state": "FAILED"},
-        {"robot_id": DEVBOT_ALPHA, "command_id": alpha["id"], "state": "RECEIVED"},
+        {"robot_id": ALPHA, "command_id": alpha["id"], "state": "FAILED"},
+        {"robot_id": ALPHA, "command_id": alpha["id"], "state": "RECEIVED"},
     )
     assert late == []
     assert (await row(api, alpha["id"]))["state"] == "SUCCEEDED"
-    failed = await apply(
-        {"robot_id": DEVBOT_BETA, "command_id": beta["id"], "state": "FAILED", "detail": "jam"}
-    )
+    failed = await apply({"robot_id": BETA, "command_id": beta["id"], "state": "FAILED", "detail": "jam"})
     assert [(c["state"], c["detail"]) for c in failed] == [("FAILED", "jam")]
-    logged = await api.services.db.fetch(
+    logged = await api.resources.db.fetch(
         "SELECT payload->>'state' AS state FROM event_log WHERE payload->>'id' = $1 ORDER BY id", alpha["id"]
     )
     assert [e["state"] for e in logged] == ["QUEUED", "RECEIVED", "SUCCEEDED"]
@@ -260,9 +256,9 @@ async def test_a_command_nobody_acknowledges_times_out(
 ) -> None:
     async with (
         Api.running(with_broker(settings, mosquitto, command_ack_timeout_s=1)) as api,
-        robot_on(mosquitto.url, DEVBOT_BETA) as robot,
+        robot_on(mosquitto.url, BETA) as robot,
     ):
-        command = await send(api, DEVBOT_BETA, type="LIFT")
+        command = await send(api, BETA, type="LIFT")
         await robot.next()
         sent = await state_becomes(api, command["id"], "SENT")
         timed_out = await state_becomes(api, command["id"], "TIMED_OUT", within=5)
@@ -272,7 +268,7 @@ async def test_a_command_nobody_acknowledges_times_out(
 
 async def test_a_command_that_cannot_be_sent_in_time_expires(api: Api) -> None:
     # No broker configured: nothing sends, so the command waits QUEUED until its TTL runs out.
-    command = await send(api, WAREHOUSE_BOT, type="SCAN", ttl=1)
+    command = await send(api, WAREHOUSE_BOT_01, type="SCAN", ttl=1)
     expired = await state_becomes(api, command["id"], "EXPIRED", within=5)
     assert expired["sent_at"] is None
     assert expired["completed_at"] >= expired["expires_at"]
@@ -283,19 +279,19 @@ async def test_a_command_that_cannot_be_sent_in_time_expires(api: Api) -> None:
 async def test_emergency_stop_sends_each_robot_of_the_fleet_an_emergency_stop(
     commanding: Api, mosquitto: MosquittoServer
 ) -> None:
-    async with robot_on(mosquitto.url, DEVBOT_ALPHA, DEVBOT_BETA, WAREHOUSE_BOT) as robots:
+    async with robot_on(mosquitto.url, ALPHA, BETA, WAREHOUSE_BOT_01) as robots:
         stopped = await commanding.data(EMERGENCY_STOP, {"fleetId": DEV_FLEET})
         received = dict([await robots.next(), await robots.next()])
         with pytest.raises(TimeoutError):
             await robots.next(timeout=0.5)  # the warehouse robot is in another fleet
     assert stopped["emergencyStop"]["status"] == "MAINTENANCE"
-    assert set(received) == {f"robots/{r}/commands" for r in (DEVBOT_ALPHA, DEVBOT_BETA)}
+    assert set(received) == {f"robots/{r}/commands" for r in (ALPHA, BETA)}
     assert {m["type"] for m in received.values()} == {"EMERGENCY_STOP"}
     assert {m["params"]["fleetId"] for m in received.values()} == {DEV_FLEET}
-    rows = await commanding.services.db.fetch("SELECT robot_id, type FROM robot_commands ORDER BY robot_id")
+    rows = await commanding.resources.db.fetch("SELECT robot_id, type FROM robot_commands ORDER BY robot_id")
     assert [(r["robot_id"], r["type"]) for r in rows] == [
-        (DEVBOT_ALPHA, "EMERGENCY_STOP"),
-        (DEVBOT_BETA, "EMERGENCY_STOP"),
+        (ALPHA, "EMERGENCY_STOP"),
+        (BETA, "EMERGENCY_STOP"),
     ]
     for command in received.values():
         await state_becomes(commanding, command["commandId"], "SENT")
@@ -330,9 +326,9 @@ async def test_the_dispatcher_keeps_sending_past_the_brokers_in_flight_window(
 ) -> None:
     """300 commands at once: far more unacknowledged QoS 1 publishes than gmqtt has packet ids
     for (the broker's receive maximum); every one arrives and is marked SENT."""
-    robot_ids = [DEVBOT_ALPHA, DEVBOT_BETA, WAREHOUSE_BOT]
+    robot_ids = [ALPHA, BETA, WAREHOUSE_BOT_01]
     async with robot_on(mosquitto.url, *robot_ids) as robots:
-        async with commanding.services.db.acquire() as conn, conn.transaction():
+        async with commanding.resources.db.acquire() as conn, conn.transaction():
             for n in range(100):
                 await commands.enqueue(conn, robot_ids, "STEP", {"n": n}, issued_by=None, ttl_s=60)
             await conn.execute("SELECT pg_notify('robot_commands', '')")
@@ -340,7 +336,7 @@ async def test_the_dispatcher_keeps_sending_past_the_brokers_in_flight_window(
     assert len({m["commandId"] for _, m in received}) == 300
 
     async def all_sent() -> bool:
-        states = await commanding.services.db.fetch(
+        states = await commanding.resources.db.fetch(
             "SELECT state::text, count(*) FROM robot_commands GROUP BY 1"
         )
         return {r["state"]: r["count"] for r in states} == {"SENT": 300}
@@ -352,7 +348,7 @@ async def test_commands_queued_while_the_broker_is_down_go_out_once_it_is_up(set
     broker = MosquittoServer()  # its port is chosen, the broker not started yet
     try:
         async with Api.running(with_broker(settings, broker)) as api:
-            command = await send(api, DEVBOT_ALPHA, type="RESUME")
+            command = await send(api, ALPHA, type="RESUME")
             await asyncio.sleep(1)
             assert (await row(api, command["id"]))["state"] == "QUEUED"
             await asyncio.to_thread(broker.start)
@@ -373,31 +369,31 @@ async def test_invalid_commands_are_refused_as_bad_user_input(api: Api) -> None:
         {"type": "MOVE_TO", "ttl": 0},
         {"type": "MOVE_TO", "ttl": 86401},
     ):
-        codes = await api.error_codes(SEND, {"robotId": DEVBOT_ALPHA, **variables})
+        codes = await api.error_codes(SEND, {"robotId": ALPHA, **variables})
         assert codes == ["BAD_USER_INPUT"], variables
     assert await api.error_codes(SEND, {"robotId": "robot-1", "type": "MOVE_TO"}) == ["BAD_USER_INPUT"]
     assert await api.error_codes(SEND, {"robotId": str(uuid.uuid4()), "type": "MOVE_TO"}) == ["NOT_FOUND"]
     assert await api.error_codes(COMMANDS, {"robotId": "nope"}) == ["BAD_USER_INPUT"]
-    assert await api.services.db.fetchval("SELECT count(*) FROM robot_commands") == 0
-    ok = await send(api, DEVBOT_ALPHA, type="X" * 64, ttl=86400)
+    assert await api.resources.db.fetchval("SELECT count(*) FROM robot_commands") == 0
+    ok = await send(api, ALPHA, type="X" * 64, ttl=86400)
     assert ok["state"] == "QUEUED"
 
 
 async def test_a_smith_may_read_commands_but_not_send_them(api: Api) -> None:
     smith = await api.create_smith("apprentice@sepulki.com", "SMITH")
-    sent = await send(api, DEVBOT_ALPHA, type="BEEP")
-    assert await api.error_codes(SEND, {"robotId": DEVBOT_ALPHA, "type": "BEEP"}, as_=smith) == ["FORBIDDEN"]
-    listed = (await api.data(COMMANDS, {"robotId": DEVBOT_ALPHA}, as_=smith))["robotCommands"]
+    sent = await send(api, ALPHA, type="BEEP")
+    assert await api.error_codes(SEND, {"robotId": ALPHA, "type": "BEEP"}, as_=smith) == ["FORBIDDEN"]
+    listed = (await api.data(COMMANDS, {"robotId": ALPHA}, as_=smith))["robotCommands"]
     assert [c["id"] for c in listed] == [sent["id"]]
-    assert await api.services.db.fetchval("SELECT count(*) FROM robot_commands") == 1
-    anonymous = await api.error_codes(COMMANDS, {"robotId": DEVBOT_ALPHA}, as_=None)
+    assert await api.resources.db.fetchval("SELECT count(*) FROM robot_commands") == 1
+    anonymous = await api.error_codes(COMMANDS, {"robotId": ALPHA}, as_=None)
     assert anonymous == ["UNAUTHENTICATED"]
 
 
 async def test_only_one_sweeper_acts_when_several_replicas_run(api: Api) -> None:
     # The app's own sweeper holds the advisory lock; a second replica's stands by.
-    await eventually(lambda: _leading(api.services.components["command_sweeper"]), 5, "first sweeper leads")
-    second = commands.Sweeper(api.services)
+    await eventually(lambda: _leading(api.components.command_sweeper), 5, "first sweeper leads")
+    second = Sweeper(api.resources)
     try:
         await second.tick()
         assert not second.leader
@@ -405,7 +401,7 @@ async def test_only_one_sweeper_acts_when_several_replicas_run(api: Api) -> None
         await second.close()
 
 
-async def _leading(sweeper: commands.Sweeper) -> bool:
+async def _leading(sweeper: Sweeper) -> bool:
     return sweeper.leader
 
 
@@ -416,36 +412,34 @@ async def test_operator_watches_a_command_move_through_its_states(
         api, ws_url = live.api, live.ws_url
         init = {"authorization": f"Bearer {await api.token(*ADMIN)}"}
         async with (
-            robot_on(mosquitto.url, DEVBOT_ALPHA) as robot,
-            subscribe(ws_url, UPDATES, {"robotId": DEVBOT_ALPHA}, init=init) as updates,
+            robot_on(mosquitto.url, ALPHA) as robot,
+            subscribe(ws_url, UPDATES, {"robotId": ALPHA}, init=init) as updates,
             subscribe(ws_url, UPDATES, {}, init=init) as everything,
         ):
-            await eventually(
-                lambda: _listening(api, channels.commands(DEVBOT_ALPHA)), 5, "subscribed to the robot"
-            )
+            await eventually(lambda: _listening(api, channels.commands(ALPHA)), 5, "subscribed to the robot")
             await eventually(lambda: _listening(api, channels.COMMANDS_ALL), 5, "subscribed to all")
-            await send(api, WAREHOUSE_BOT, type="IGNORED_HERE")
-            command = await send(api, DEVBOT_ALPHA, type="OPEN_GRIPPER")
+            await send(api, WAREHOUSE_BOT_01, type="IGNORED_HERE")
+            command = await send(api, ALPHA, type="OPEN_GRIPPER")
             await robot.next()
             # Published by the mutation and by the dispatcher: their order on the bus may vary.
             first, second = (await updates.next())["commandUpdates"], (await updates.next())["commandUpdates"]
             queued, sent = sorted([first, second], key=lambda c: c["state"] != "QUEUED")
-            async with api.services.db.acquire() as conn, conn.transaction():
+            async with api.resources.db.acquire() as conn, conn.transaction():
                 acked = await commands.apply_acks(
                     conn,
-                    [{"robot_id": DEVBOT_ALPHA, "command_id": command["id"], "state": "RECEIVED"}],
+                    [{"robot_id": ALPHA, "command_id": command["id"], "state": "RECEIVED"}],
                 )
-            await commands.publish(api.services.events, acked)
+            await commands.publish(api.resources.events, acked)
             received = (await updates.next())["commandUpdates"]
             other = (await everything.next())["commandUpdates"]
         # A client that was away replays the committed changes from event_log, in order.
-        async with subscribe(ws_url, UPDATES, {"robotId": DEVBOT_ALPHA, "after": "0"}, init=init) as replay:
+        async with subscribe(ws_url, UPDATES, {"robotId": ALPHA, "after": "0"}, init=init) as replay:
             replayed = [(await replay.next())["commandUpdates"] for _ in range(3)]
     assert (queued["id"], queued["state"]) == (command["id"], "QUEUED")
     assert queued["issuedBy"] == {"email": ADMIN[0]}
     assert (sent["state"], received["state"]) == ("SENT", "RECEIVED")
     assert sent["sentAt"] is not None and received["receivedAt"] is not None
-    assert (other["robotId"], other["type"]) == (WAREHOUSE_BOT, "IGNORED_HERE")
+    assert (other["robotId"], other["type"]) == (WAREHOUSE_BOT_01, "IGNORED_HERE")
     assert [(c["id"], c["state"]) for c in replayed] == [
         (command["id"], "QUEUED"),
         (command["id"], "SENT"),
@@ -454,7 +448,7 @@ async def test_operator_watches_a_command_move_through_its_states(
 
 
 async def _listening(api: Api, channel: str) -> bool:
-    return api.services.events.subscribers(channel) >= 1
+    return api.resources.events.subscribers(channel) >= 1
 
 
 async def test_sepulki_worker_dispatches_commands_without_the_api(
@@ -471,10 +465,10 @@ async def test_sepulki_worker_dispatches_commands_without_the_api(
     )
     pool = await db.create_pool(database_url, min_size=1, max_size=2)
     try:
-        async with robot_on(mosquitto.url, DEVBOT_BETA) as robot:
+        async with robot_on(mosquitto.url, BETA) as robot:
             async with pool.acquire() as conn, conn.transaction():
                 (queued,) = await commands.enqueue(
-                    conn, [DEVBOT_BETA], "HONK", {}, issued_by=await conn.fetchval(ADMIN_ID_SQL), ttl_s=30
+                    conn, [BETA], "HONK", {}, issued_by=await conn.fetchval(ADMIN_ID_SQL), ttl_s=30
                 )
             _, message = await robot.next(timeout=15)
         assert message["commandId"] == queued["id"]

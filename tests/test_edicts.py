@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.seed_ids import ALPHA, DEV_FLEET, FORCE_EDICT, SPEED_EDICT
 from tests.support import DEV, Api
-
-SPEED = "a0000000-0000-4000-8000-000000000001"  # created by admin
-FORCE = "a0000000-0000-4000-8000-000000000003"  # created by dev
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-ALPHA = "70000000-0000-4000-8000-000000000001"
 
 EDICTS = """
 query($type: EdictType, $active: Boolean) {
@@ -57,7 +53,7 @@ async def test_smith_with_view_edicts_lists_them_and_others_are_refused(api: Api
         "Battery Level Warning",
         "Force Limit Safety",
     }
-    force = next(e for e in body["edicts"] if e["id"] == FORCE)
+    force = next(e for e in body["edicts"] if e["id"] == FORCE_EDICT)
     assert force["appliesTo"]["taskTypes"] == ["ASSEMBLY"]
     assert force["rules"]["actions"][0]["type"] == "EMERGENCY_STOP"
     smith = await api.create_smith("s@sepulki.com", "SMITH")
@@ -67,14 +63,14 @@ async def test_smith_with_view_edicts_lists_them_and_others_are_refused(api: Api
 
 async def test_edicts_filter_by_type_and_active_and_hide_deleted(api: Api) -> None:
     safety = await api.data(EDICTS, {"type": "SAFETY"})
-    assert {e["id"] for e in safety["edicts"]} == {SPEED, FORCE}
-    await api.services.db.execute("UPDATE edicts SET deleted_at = now() WHERE id = $1", SPEED)
-    await api.services.db.execute("UPDATE edicts SET active = false WHERE id = $1", FORCE)
-    assert (await api.data(EDICTS, {"type": "SAFETY"}))["edicts"][0]["id"] == FORCE
+    assert {e["id"] for e in safety["edicts"]} == {SPEED_EDICT, FORCE_EDICT}
+    await api.resources.db.execute("UPDATE edicts SET deleted_at = now() WHERE id = $1", SPEED_EDICT)
+    await api.resources.db.execute("UPDATE edicts SET active = false WHERE id = $1", FORCE_EDICT)
+    assert (await api.data(EDICTS, {"type": "SAFETY"}))["edicts"][0]["id"] == FORCE_EDICT
     assert [e["name"] for e in (await api.data(EDICTS, {"active": True}))["edicts"]] == [
         "Battery Level Warning"
     ]
-    assert (await api.data(EDICT, {"id": SPEED}))["edict"] is None
+    assert (await api.data(EDICT, {"id": SPEED_EDICT}))["edict"] is None
     assert await api.error_codes(EDICT, {"id": "speed"}) == ["BAD_USER_INPUT"]
 
 
@@ -84,7 +80,7 @@ async def test_add_edict_stores_it_with_its_creator_and_audit(api: Api) -> None:
     assert edict["active"] is True
     assert edict["rules"] == RULES
     assert edict["appliesTo"] == {"fleets": [DEV_FLEET], "taskTypes": ["ASSEMBLY"]}
-    db = api.services.db
+    db = api.resources.db
     row = await db.fetchrow(
         "SELECT s.email, e.type::text AS type FROM edicts e "
         "JOIN smiths s ON s.id = e.created_by WHERE e.id = $1",
@@ -120,36 +116,41 @@ async def test_malformed_rules_or_applies_to_are_bad_user_input(api: Api) -> Non
         body = await api.execute(ADD, {"input": edict_input(appliesTo=applies_to)})
         assert body["errors"][0]["extensions"]["field"] == "appliesTo"
     assert await api.error_codes(ADD, {"input": edict_input(name=" ")}) == ["BAD_USER_INPUT"]
-    assert await api.services.db.fetchval("SELECT count(*) FROM edicts") == 3
+    assert await api.resources.db.fetchval("SELECT count(*) FROM edicts") == 3
 
 
 async def test_update_replaces_the_edict_for_its_creator_and_admin(api: Api) -> None:
     body = await api.data(
-        UPDATE, {"id": FORCE, "input": edict_input(name="Force v2", severity="INFO")}, as_=DEV
+        UPDATE, {"id": FORCE_EDICT, "input": edict_input(name="Force v2", severity="INFO")}, as_=DEV
     )
     assert body["updateEdict"]["name"] == "Force v2"
-    row = await api.services.db.fetchrow(
-        "SELECT name, severity::text AS severity, description FROM edicts WHERE id = $1", FORCE
+    row = await api.resources.db.fetchrow(
+        "SELECT name, severity::text AS severity, description FROM edicts WHERE id = $1", FORCE_EDICT
     )
     assert dict(row) == {"name": "Force v2", "severity": "INFO", "description": "Warn on a busy CPU"}
     # Full replace: appliesTo left out becomes null.
     no_scope = edict_input(name="Force v3")
     del no_scope["appliesTo"]
-    body = await api.data(UPDATE, {"id": FORCE, "input": no_scope})
+    body = await api.data(UPDATE, {"id": FORCE_EDICT, "input": no_scope})
     assert body["updateEdict"]["appliesTo"] is None
-    assert await api.services.db.fetchval("SELECT applies_to FROM edicts WHERE id = $1", FORCE) is None
+    assert await api.resources.db.fetchval("SELECT applies_to FROM edicts WHERE id = $1", FORCE_EDICT) is None
 
 
 async def test_update_by_someone_else_is_forbidden_and_unknown_is_not_found(api: Api) -> None:
     other = await api.create_smith(
         "o@sepulki.com", "OVER_SMITH", permissions=["MANAGE_EDICTS", "VIEW_EDICTS"]
     )
-    assert await api.error_codes(UPDATE, {"id": FORCE, "input": edict_input()}, as_=other) == ["FORBIDDEN"]
     assert (
-        await api.services.db.fetchval("SELECT name FROM edicts WHERE id = $1", FORCE) == "Force Limit Safety"
+        await api.error_codes(UPDATE, {"id": FORCE_EDICT, "input": edict_input()}, as_=other) == ["FORBIDDEN"]
     )
-    assert await api.error_codes(UPDATE, {"id": SPEED, "input": edict_input()}, as_=DEV) == ["FORBIDDEN"]
-    assert await api.error_codes(DEACTIVATE, {"id": FORCE}, as_=other) == ["FORBIDDEN"]
+    assert (
+        await api.resources.db.fetchval("SELECT name FROM edicts WHERE id = $1", FORCE_EDICT)
+        == "Force Limit Safety"
+    )
+    assert (
+        await api.error_codes(UPDATE, {"id": SPEED_EDICT, "input": edict_input()}, as_=DEV) == ["FORBIDDEN"]
+    )
+    assert await api.error_codes(DEACTIVATE, {"id": FORCE_EDICT}, as_=other) == ["FORBIDDEN"]
     unknown = "a0000000-0000-4000-8000-000000000099"
     assert await api.error_codes(UPDATE, {"id": unknown, "input": edict_input()}) == ["NOT_FOUND"]
     assert await api.error_codes(DEACTIVATE, {"id": unknown}) == ["NOT_FOUND"]
@@ -158,21 +159,21 @@ async def test_update_by_someone_else_is_forbidden_and_unknown_is_not_found(api:
 
 
 async def test_deactivate_clears_scope_and_resolves_open_violations(api: Api) -> None:
-    db = api.services.db
+    db = api.resources.db
     open_id = await db.fetchval(
         "INSERT INTO policy_violations (edict_id, robot_id, fleet_id, severity, message) "
         "VALUES ($1, $2, $3, 'CRITICAL', 'Force 180 N') RETURNING id",
-        FORCE,
+        FORCE_EDICT,
         ALPHA,
         DEV_FLEET,
     )
     other_id = await db.fetchval(
         "INSERT INTO policy_violations (edict_id, severity, message) "
         "VALUES ($1, 'CRITICAL', 'Too fast') RETURNING id",
-        SPEED,
+        SPEED_EDICT,
     )
-    body = await api.data(DEACTIVATE, {"id": FORCE}, as_=DEV)
-    assert body["deactivateEdict"] == {"id": FORCE, "active": False, "appliesTo": None}
+    body = await api.data(DEACTIVATE, {"id": FORCE_EDICT}, as_=DEV)
+    assert body["deactivateEdict"] == {"id": FORCE_EDICT, "active": False, "appliesTo": None}
     violation = await db.fetchrow(
         "SELECT v.resolved, v.resolved_at, s.email FROM policy_violations v "
         "JOIN smiths s ON s.id = v.resolved_by WHERE v.id = $1",
@@ -181,6 +182,6 @@ async def test_deactivate_clears_scope_and_resolves_open_violations(api: Api) ->
     assert violation["resolved"] is True and violation["resolved_at"] is not None
     assert violation["email"] == DEV[0]
     assert await db.fetchval("SELECT resolved FROM policy_violations WHERE id = $1", other_id) is False
-    row = await db.fetchrow("SELECT active, applies_to FROM edicts WHERE id = $1", FORCE)
+    row = await db.fetchrow("SELECT active, applies_to FROM edicts WHERE id = $1", FORCE_EDICT)
     assert (row["active"], row["applies_to"]) == (False, None)
     assert await db.fetchval("SELECT count(*) FROM audit_logs WHERE action = 'deactivateEdict'") == 1

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from app import eventlog
+from app.infra import eventlog
 from tests.support import Api
 
 
 async def test_old_events_are_pruned_and_recent_ones_kept(api: Api) -> None:
-    db = api.services.db
+    db = api.resources.db
     async with db.acquire() as conn:
         old = await eventlog.append(conn, ["robot-status:x"], {"status": "IDLE"})
         recent = await eventlog.append(conn, ["robot-status:x"], {"status": "WORKING"})

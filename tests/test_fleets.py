@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.pubsub import channels
+from app.core.channels import channels
+from tests.seed_ids import (
+    ALPHA,
+    ASSEMBLY_FLEET,
+    BETA,
+    DEV_FLEET,
+    DEV_LAB,
+    FACTORY_A,
+    GEARBOX_TASK,
+    MISSING_FLEET,
+    PATROL_TASK,
+    PICK_RUN,
+    PICK_TASK,
+    WAREHOUSE_FLEET,
+)
 from tests.support import ADMIN, Api
 
-ASSEMBLY = "40000000-0000-4000-8000-000000000001"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-WAREHOUSE = "40000000-0000-4000-8000-000000000003"
-DEV_LAB = "30000000-0000-4000-8000-000000000002"
-FACTORY_A = "30000000-0000-4000-8000-000000000001"
-DEVBOTS = ["70000000-0000-4000-8000-000000000001", "70000000-0000-4000-8000-000000000002"]
-PICK_TASK = "80000000-0000-4000-8000-000000000001"
-GEARBOX_TASK = "80000000-0000-4000-8000-000000000002"
-PATROL_TASK = "80000000-0000-4000-8000-000000000004"
-PICK_RUN = "90000000-0000-4000-8000-000000000002"
-MISSING = "40000000-0000-4000-8000-0000000000ff"
+DEVBOTS = [ALPHA, BETA]
 
 FLEETS = """
 query($filter: FleetFilter, $limit: Int) {
@@ -53,7 +57,7 @@ async def _drain(messages: Any, count: int) -> list[dict[str, Any]]:
 async def test_operator_sees_each_fleet_with_its_site_robots_and_constraints(api: Api) -> None:
     fleets = {f["id"]: f for f in (await api.data(FLEETS))["fleets"]}
     assert [f["name"] for f in fleets.values()] == sorted(f["name"] for f in fleets.values())
-    assembly, dev = fleets[ASSEMBLY], fleets[DEV_FLEET]
+    assembly, dev = fleets[ASSEMBLY_FLEET], fleets[DEV_FLEET]
     assert [e["id"] for e in assembly["constraints"]] == [
         "a0000000-0000-4000-8000-000000000001",
         "a0000000-0000-4000-8000-000000000003",
@@ -64,14 +68,14 @@ async def test_operator_sees_each_fleet_with_its_site_robots_and_constraints(api
     assert [r["name"] for r in dev["robots"]] == ["DevBot-Alpha", "DevBot-Beta"]
     assert dev["activeTask"] == {"id": PICK_TASK, "status": "IN_PROGRESS"}
     assert dev["telemetry"] == {"fleetId": DEV_FLEET, "realTime": False}
-    assert fleets[WAREHOUSE]["activeTask"] is None
+    assert fleets[WAREHOUSE_FLEET]["activeTask"] is None
 
 
 async def test_fleets_filter_by_status_and_locus(api: Api) -> None:
     active = await api.data(FLEETS, {"filter": {"status": "ACTIVE"}})
     assert [f["id"] for f in active["fleets"]] == [DEV_FLEET]
     at_factory = await api.data(FLEETS, {"filter": {"locusId": FACTORY_A}})
-    assert [f["id"] for f in at_factory["fleets"]] == [ASSEMBLY]
+    assert [f["id"] for f in at_factory["fleets"]] == [ASSEMBLY_FLEET]
     assert (await api.data(FLEETS, {"limit": 2}))["fleets"].__len__() == 2
     codes = await api.error_codes(FLEETS, {"filter": {"locusId": "nope"}})
     assert codes == ["BAD_USER_INPUT"]
@@ -103,13 +107,13 @@ async def test_every_fleets_last_hour_of_telemetry_is_read_in_one_query(api: Api
     assert dev["fleetId"] == DEV_FLEET and dev["realTime"] is False
     assert {m["robotId"] for m in dev["metrics"]} == set(DEVBOTS)
     assert {m["name"] for m in dev["metrics"]} >= {"BATTERY_SOC", "CPU_USAGE"}
-    assert fleets[ASSEMBLY]["metrics"] == []
+    assert fleets[ASSEMBLY_FLEET]["metrics"] == []
     assert len([s for s in statements if "FROM telemetry t" in s]) == 1
 
 
 async def test_a_single_fleet_is_found_by_id_and_unknown_ids_are_null(api: Api) -> None:
     assert (await api.data(FLEET, {"id": DEV_FLEET}))["fleet"]["name"] == "Dev Fleet Alpha"
-    assert (await api.data(FLEET, {"id": MISSING}))["fleet"] is None
+    assert (await api.data(FLEET, {"id": MISSING_FLEET}))["fleet"] is None
     assert await api.error_codes(FLEET, {"id": "fleet-2"}) == ["BAD_USER_INPUT"]
 
 
@@ -128,8 +132,8 @@ async def test_loci_are_listed_and_found_by_id(api: Api) -> None:
 
 
 async def test_emergency_stop_parks_the_robots_and_cancels_the_fleets_open_work(api: Api) -> None:
-    db = api.services.db
-    events = api.services.events
+    db = api.resources.db
+    events = api.resources.events
     async with (
         events.subscribe(channels.ROBOT_STATUS_ALL) as robot_events,
         events.subscribe(channels.tasks(DEV_FLEET)) as task_events,
@@ -162,14 +166,14 @@ async def test_emergency_stop_parks_the_robots_and_cancels_the_fleets_open_work(
 
 
 async def test_emergency_stop_of_an_unknown_fleet_is_not_found(api: Api) -> None:
-    assert await api.error_codes(STOP, {"id": MISSING}) == ["NOT_FOUND"]
+    assert await api.error_codes(STOP, {"id": MISSING_FLEET}) == ["NOT_FOUND"]
     assert await api.error_codes(STOP, {"id": "dev-fleet"}) == ["BAD_USER_INPUT"]
 
 
 async def test_a_plain_smith_may_not_stop_a_fleet(api: Api) -> None:
     smith = await api.create_smith("x@sepulki.com", "SMITH")
     assert await api.error_codes(STOP, {"id": DEV_FLEET}, as_=smith) == ["FORBIDDEN"]
-    status = await api.services.db.fetchval("SELECT status::text FROM fleets WHERE id = $1", DEV_FLEET)
+    status = await api.resources.db.fetchval("SELECT status::text FROM fleets WHERE id = $1", DEV_FLEET)
     assert status == "ACTIVE"
 
 
@@ -177,13 +181,13 @@ async def test_moving_a_fleet_rewrites_its_locus_and_its_robots_follow(api: Api)
     coordinates = {"latitude": 48.8566, "longitude": 2.3522, "altitude": 35.0}
     moved = (await api.data(MOVE, {"id": DEV_FLEET, "c": coordinates}))["updateFleetLocation"]
     assert moved["locus"] == {"id": DEV_LAB, "coordinates": coordinates}
-    stored = await api.services.db.fetchval("SELECT coordinates FROM loci WHERE id = $1", DEV_LAB)
+    stored = await api.resources.db.fetchval("SELECT coordinates FROM loci WHERE id = $1", DEV_LAB)
     assert stored == coordinates
     pose = await api.data(
         'query { robot(id: "70000000-0000-4000-8000-000000000002") { pose { position { latitude } } } }'
     )
     assert abs(pose["robot"]["pose"]["position"]["latitude"] - (48.8566 + 4 / 111000)) < 1e-9
-    audit = await api.services.db.fetchrow(
+    audit = await api.resources.db.fetchrow(
         "SELECT changes FROM audit_logs WHERE action = 'updateFleetLocation' AND resource_id = $1", DEV_FLEET
     )
     assert audit["changes"]["to"] == coordinates
@@ -195,8 +199,9 @@ async def test_out_of_range_fleet_coordinates_are_rejected(api: Api) -> None:
     body = await api.execute(MOVE, bad_lat)
     assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "coordinates.latitude"}
     assert await api.error_codes(MOVE, bad_lng) == ["BAD_USER_INPUT"]
-    assert await api.error_codes(MOVE, {"id": MISSING, "c": {"latitude": 1, "longitude": 1}}) == ["NOT_FOUND"]
-    stored = await api.services.db.fetchval("SELECT coordinates FROM loci WHERE id = $1", DEV_LAB)
+    unknown = {"id": MISSING_FLEET, "c": {"latitude": 1, "longitude": 1}}
+    assert await api.error_codes(MOVE, unknown) == ["NOT_FOUND"]
+    stored = await api.resources.db.fetchval("SELECT coordinates FROM loci WHERE id = $1", DEV_LAB)
     assert stored["latitude"] == 37.7849
 
 
@@ -204,5 +209,5 @@ async def test_a_plain_smith_may_not_move_a_fleet(api: Api) -> None:
     smith = await api.create_smith("x@sepulki.com", "SMITH")
     variables = {"id": DEV_FLEET, "c": {"latitude": 1, "longitude": 1}}
     assert await api.error_codes(MOVE, variables, as_=smith) == ["FORBIDDEN"]
-    stored = await api.services.db.fetchval("SELECT coordinates FROM loci WHERE id = $1", DEV_LAB)
+    stored = await api.resources.db.fetchval("SELECT coordinates FROM loci WHERE id = $1", DEV_LAB)
     assert stored == {"latitude": 37.7849, "longitude": -122.4094, "altitude": 15}

@@ -7,11 +7,9 @@ from typing import Any
 
 import httpx
 
+from tests.seed_ids import ALPHA, BETA, DEV_FLOOR
 from tests.support import ADMIN, Api
 
-DEV_FLOOR = "b0000000-0000-4000-8000-000000000001"
-ALPHA = "70000000-0000-4000-8000-000000000001"
-BETA = "70000000-0000-4000-8000-000000000002"
 MISSING = "b0000000-0000-4000-8000-0000000000ff"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -80,7 +78,7 @@ async def upload(
 
 def blueprint_files(api: Api) -> set[str]:
     """Stored blueprints; the uploads directory outlives a test, so compare before and after."""
-    return {p.name for p in (api.services.uploads_dir / "blueprints").glob("*")}
+    return {p.name for p in (api.resources.uploads_dir / "blueprints").glob("*")}
 
 
 async def create_hall(api: Api) -> dict[str, Any]:
@@ -98,11 +96,11 @@ async def test_operator_creates_a_floor_with_an_uploaded_blueprint(api: Api) -> 
     assert (floor["name"], floor["widthMeters"], floor["heightMeters"]) == ("Assembly Hall", 60.0, 30.0)
     assert (floor["originX"], floor["originY"], floor["robots"]) == (0.0, 0.0, [])
     assert floor["createdBy"] == {"email": ADMIN[0]}
-    stored = api.services.uploads_dir / "blueprints" / f"{floor['id']}.png"
+    stored = api.resources.uploads_dir / "blueprints" / f"{floor['id']}.png"
     assert stored.read_bytes() == PNG
     served = await api.client.get(floor["blueprintUrl"])
     assert served.status_code == 200 and served.content == PNG
-    db = api.services.db
+    db = api.resources.db
     row = await db.fetchrow(
         "SELECT name, blueprint_type::text, created_by FROM factory_floors WHERE id = $1", floor["id"]
     )
@@ -129,7 +127,7 @@ async def test_unsupported_blueprints_and_bad_dimensions_are_payload_errors(api:
         api, CREATE, {"input": {**HALL, "scaleFactor": -1}}, ("plan.dxf", b"0", "image/vnd.dxf")
     )
     assert tiny["data"]["createFactoryFloor"]["errors"][0]["field"] == "scaleFactor"
-    assert await api.services.db.fetchval("SELECT count(*) FROM factory_floors") == 1
+    assert await api.resources.db.fetchval("SELECT count(*) FROM factory_floors") == 1
     assert blueprint_files(api) == before
 
 
@@ -139,13 +137,13 @@ async def test_blueprints_over_20_mb_are_refused(api: Api) -> None:
     body = await upload(api, CREATE, {"input": HALL}, ("huge.png", huge, "image/png"))
     [error] = body["data"]["createFactoryFloor"]["errors"]
     assert (error["field"], error["message"]) == ("blueprintFile", "blueprintFile must be at most 20 MB")
-    assert await api.services.db.fetchval("SELECT count(*) FROM factory_floors") == 1
+    assert await api.resources.db.fetchval("SELECT count(*) FROM factory_floors") == 1
     assert blueprint_files(api) == before
 
 
 async def test_partial_update_changes_only_what_is_given_and_can_swap_the_blueprint(api: Api) -> None:
     floor = await create_hall(api)
-    old_file = api.services.uploads_dir / "blueprints" / f"{floor['id']}.png"
+    old_file = api.resources.uploads_dir / "blueprints" / f"{floor['id']}.png"
     body = await upload(
         api,
         UPDATE,
@@ -159,10 +157,10 @@ async def test_partial_update_changes_only_what_is_given_and_can_swap_the_bluepr
     assert updated["factoryFloor"]["widthMeters"] == 60.0
     assert updated["factoryFloor"]["blueprintType"] == "PDF"
     assert updated["factoryFloor"]["blueprintUrl"] == f"/uploads/blueprints/{floor['id']}.pdf"
-    assert (api.services.uploads_dir / "blueprints" / f"{floor['id']}.pdf").read_bytes() == b"%PDF-1.7"
+    assert (api.resources.uploads_dir / "blueprints" / f"{floor['id']}.pdf").read_bytes() == b"%PDF-1.7"
     assert not old_file.exists()
     plain = await api.data(UPDATE, {"id": floor["id"], "input": {"heightMeters": 45, "description": None}})
-    row = await api.services.db.fetchrow("SELECT * FROM factory_floors WHERE id = $1", floor["id"])
+    row = await api.resources.db.fetchrow("SELECT * FROM factory_floors WHERE id = $1", floor["id"])
     assert plain["updateFactoryFloor"]["factoryFloor"]["heightMeters"] == 45.0
     assert (row["name"], row["height_meters"], row["description"]) == ("Hall B2", 45.0, None)
     assert row["blueprint_type"] == "PDF"
@@ -176,7 +174,7 @@ async def test_updating_an_unknown_or_with_bad_values_is_a_payload_error(api: Ap
     malformed = await api.data(UPDATE, {"id": "floor-1", "input": {}})
     assert malformed["updateFactoryFloor"]["errors"][0]["code"] == "BAD_USER_INPUT"
     assert (
-        await api.services.db.fetchval("SELECT height_meters FROM factory_floors WHERE id = $1", DEV_FLOOR)
+        await api.resources.db.fetchval("SELECT height_meters FROM factory_floors WHERE id = $1", DEV_FLOOR)
         == 25
     )
 
@@ -192,7 +190,7 @@ async def test_floors_list_their_robots_and_creator(api: Api) -> None:
 
 async def test_deleting_a_floor_hides_it_and_unplaces_its_robots(api: Api) -> None:
     assert (await api.data(DELETE, {"id": DEV_FLOOR}))["deleteFactoryFloor"] is True
-    db = api.services.db
+    db = api.resources.db
     robot = await db.fetchrow("SELECT * FROM robots WHERE id = $1", ALPHA)
     assert robot["factory_floor_id"] is None
     assert (robot["floor_position_x"], robot["floor_position_y"], robot["floor_position_theta"]) == (
@@ -214,7 +212,7 @@ async def test_a_plain_smith_may_not_delete_a_floor(api: Api) -> None:
     smith = await api.create_smith("x@sepulki.com", "SMITH")
     assert await api.error_codes(DELETE, {"id": DEV_FLOOR}, as_=smith) == ["FORBIDDEN"]
     assert (
-        await api.services.db.fetchval("SELECT deleted_at FROM factory_floors WHERE id = $1", DEV_FLOOR)
+        await api.resources.db.fetchval("SELECT deleted_at FROM factory_floors WHERE id = $1", DEV_FLOOR)
         is None
     )
 
@@ -232,7 +230,7 @@ async def test_a_robot_is_placed_at_the_floor_centre_unless_told_where(api: Api)
         1.57,
         90.0,
     )
-    row = await api.services.db.fetchrow("SELECT * FROM robots WHERE id = $1", BETA)
+    row = await api.resources.db.fetchrow("SELECT * FROM robots WHERE id = $1", BETA)
     assert (row["factory_floor_id"], row["floor_position_x"], row["floor_position_y"]) == (
         DEV_FLOOR,
         40.0,
@@ -246,9 +244,9 @@ async def test_a_position_outside_the_floor_is_rejected(api: Api) -> None:
     assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "position.positionX"}
     below = {"robot": ALPHA, "position": {"positionX": 3, "positionY": -0.1}}
     assert await api.error_codes(MOVE, below) == ["BAD_USER_INPUT"]
-    row = await api.services.db.fetchrow("SELECT * FROM robots WHERE id = $1", ALPHA)
+    row = await api.resources.db.fetchrow("SELECT * FROM robots WHERE id = $1", ALPHA)
     assert (row["floor_position_x"], row["floor_position_y"]) == (12.5, 8.0)
-    assert await api.services.db.fetchval("SELECT factory_floor_id FROM robots WHERE id = $1", BETA) is None
+    assert await api.resources.db.fetchval("SELECT factory_floor_id FROM robots WHERE id = $1", BETA) is None
     unknown = {"robot": BETA, "floor": MISSING}
     assert await api.error_codes(ASSIGN, unknown) == ["NOT_FOUND"]
 
@@ -259,13 +257,13 @@ async def test_moving_a_robot_on_its_floor_requires_it_to_be_on_one(api: Api) ->
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     moved = await api.data(MOVE, {"robot": ALPHA, "position": {"positionX": 30, "positionY": 20}})
     assert moved["updateRobotFloorPosition"] == {"id": ALPHA, "floorPositionX": 30.0, "floorPositionY": 20.0}
-    row = await api.services.db.fetchrow("SELECT * FROM robots WHERE id = $1", ALPHA)
+    row = await api.resources.db.fetchrow("SELECT * FROM robots WHERE id = $1", ALPHA)
     assert (row["floor_position_x"], row["floor_position_y"], row["factory_floor_id"]) == (
         30.0,
         20.0,
         DEV_FLOOR,
     )
-    audit = await api.services.db.fetchval(
+    audit = await api.resources.db.fetchval(
         "SELECT count(*) FROM audit_logs WHERE resource_id = $1 AND action = 'updateRobotFloorPosition'",
         ALPHA,
     )

@@ -23,8 +23,26 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import from_schema, nodes
 
-from app.graphql_app import build_schema
 from app.settings import Settings
+from app.web.graphql_app import build_schema
+from tests.seed_ids import (
+    ALPHA,
+    ARM_PATTERN,
+    DEMO_ID,
+    DEV_FLEET,
+    DEV_FLOOR,
+    DEV_ID,
+    DEV_LAB,
+    DEVBOT_INGOT,
+    DEVBOT_SEPULKA,
+    GEARBOX_TASK,
+    PICK_RUN,
+    SERVO,
+    SPEED_EDICT,
+    TEST_UNITS_FLEET,
+    WAREHOUSE_BOT_01,
+    WAREHOUSE_SEPULKA,
+)
 from tests.support import Api
 from tests.test_authorization_matrix import INSERT_SESSION, declared, generous, private_database
 
@@ -35,22 +53,22 @@ ANONYMOUS_EXAMPLES = EXAMPLES or 70
 SCHEMA = build_schema()
 # Ids of the seed data, so that generated calls reach rows and not only "not found" answers.
 SEED_IDS = [
-    "00000000-0000-4000-8000-000000000002",  # dev smith
-    "00000000-0000-4000-8000-000000000003",  # demo smith
-    "10000000-0000-4000-8000-000000000001",  # pattern
-    "20000000-0000-4000-8000-000000000001",  # alloy
-    "30000000-0000-4000-8000-000000000002",  # locus
-    "40000000-0000-4000-8000-000000000002",  # fleet with robots
-    "40000000-0000-4000-8000-000000000004",  # empty fleet
-    "50000000-0000-4000-8000-000000000001",  # sepulka with robots
-    "50000000-0000-4000-8000-000000000002",  # CAST_READY sepulka
-    "60000000-0000-4000-8000-000000000001",  # ingot
-    "70000000-0000-4000-8000-000000000001",  # robot
-    "70000000-0000-4000-8000-000000000003",  # robot
-    "80000000-0000-4000-8000-000000000002",  # open task
-    "90000000-0000-4000-8000-000000000002",  # run
-    "a0000000-0000-4000-8000-000000000001",  # edict
-    "b0000000-0000-4000-8000-000000000001",  # factory floor
+    DEV_ID,  # dev smith
+    DEMO_ID,  # demo smith
+    ARM_PATTERN,  # pattern
+    SERVO,  # alloy
+    DEV_LAB,  # locus
+    DEV_FLEET,  # fleet with robots
+    TEST_UNITS_FLEET,  # empty fleet
+    DEVBOT_SEPULKA,  # sepulka with robots
+    WAREHOUSE_SEPULKA,  # CAST_READY sepulka
+    DEVBOT_INGOT,  # ingot
+    ALPHA,  # robot
+    WAREHOUSE_BOT_01,  # robot
+    GEARBOX_TASK,  # open task
+    PICK_RUN,  # run
+    SPEED_EDICT,  # edict
+    DEV_FLOOR,  # factory floor
 ]
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 
@@ -128,10 +146,10 @@ class Target:
         self.statuses: dict[str, dict[int, int]] = {"admin": {}, "anonymous": {}}
 
     async def token(self) -> str:
-        session_id = await self.api.services.db.fetchval(
+        session_id = await self.api.resources.db.fetchval(
             INSERT_SESSION, self.admin["id"], secrets.token_hex(32)
         )
-        token, _ = self.api.services.tokens.issue(self.admin, session_id)
+        token, _ = self.api.resources.tokens.issue(self.admin, session_id)
         return token
 
     async def post(self, document: str, as_admin: bool) -> None:
@@ -162,7 +180,7 @@ async def target(postgres_url: str, template_url: str, base_settings: Settings) 
         async with Api.running(generous(base_settings, url)) as api:
             email = f"fuzzer-{uuid.uuid4().hex[:8]}@sepulki.com"
             await api.create_smith(email, "ADMIN")
-            admin = await api.services.db.fetchrow(
+            admin = await api.resources.db.fetchrow(
                 "SELECT id, email, role::text AS role FROM smiths WHERE email = $1", email
             )
             yield Target(api, dict(admin))
@@ -205,7 +223,7 @@ async def test_generated_documents_never_crash_the_server_for_an_anonymous_calle
 # Text PostgreSQL cannot store: NUL characters, in plain arguments and inside JSON. Each must be
 # refused as the client's error wherever it lands (found by a 6,000-document run of the fuzzer
 # and by following its first find through every text and JSON argument). `~` marks the NUL.
-ALLOY = '"20000000-0000-4000-8000-000000000001"'
+ALLOY = f'"{SERVO}"'
 EDICT = 'name: "n", type: SAFETY, severity: INFO, rules: {condition: {type: "t", operator: "AND", rules: []}'
 NUL_DOCUMENTS = {
     "resetPassword": 'mutation { resetPassword(email: "~") }',

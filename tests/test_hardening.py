@@ -9,22 +9,19 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
 from graphql import GraphQLError, parse, validate
 from graphql import build_schema as build_sdl_schema
 
-from app.errors import make_error_formatter
-from app.graphql_app import build_schema
-from app.http_security import API_CSP
-from app.query_limits import alias_limit_rule, cost_map, cost_rule, depth_limit_rule
 from app.settings import Settings
+from app.web.errors import make_error_formatter
+from app.web.graphql_app import build_schema
+from app.web.http_security import API_CSP
+from app.web.query_limits import alias_limit_rule, cost_map, cost_rule, depth_limit_rule
 from tests.live import serving
-from tests.support import Api
-
-ADMIN = ("admin@sepulki.com", "admin123")
+from tests.support import ADMIN, Api
 
 
 def cost_of(schema: Any, query: str, variables: dict[str, Any] | None = None) -> int:
@@ -38,7 +35,7 @@ def codes(response: httpx.Response) -> list[str]:
 
 
 async def running(settings: Settings, **changes: Any) -> AsyncIterator[Api]:
-    async with Api.running(replace(settings, **changes)) as api:
+    async with Api.running(settings.replace(**changes)) as api:
         yield api
 
 

@@ -7,12 +7,11 @@ from typing import Any
 
 import httpx
 
-from app import http_ingest
-from app.pubsub import channels
+from app.core.channels import channels
+from app.ingest import http as http_ingest
+from tests.seed_ids import ALPHA, BETA, DEV_FLEET
 from tests.support import Api
-from tests.test_apikeys import ALPHA, BETA, create_key
-
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
+from tests.test_apikeys import create_key
 
 
 def now(offset_s: float = 0) -> str:
@@ -37,7 +36,7 @@ async def post(
 
 
 async def count(api: Api, sql: str, *args: Any) -> int:
-    value: int = await api.services.db.fetchval(sql, *args)
+    value: int = await api.resources.db.fetchval(sql, *args)
     return value
 
 
@@ -56,11 +55,11 @@ async def test_robot_posts_telemetry_with_its_key_and_it_is_stored_like_mqtt(api
         "rejected": 0,
         "results": [{"index": 0, "status": "stored"}],
     }
-    row = await api.services.db.fetchrow("SELECT * FROM telemetry WHERE robot_id = $1 AND seq = 1001", ALPHA)
+    row = await api.resources.db.fetchrow("SELECT * FROM telemetry WHERE robot_id = $1 AND seq = 1001", ALPHA)
     assert row["battery_level"] == 55.5 and row["health_score"] == 91.0
     assert row["metrics"] == {"CPU_USAGE": 35.2, "MOTOR_TEMPERATURE": 48.1}
     assert row["fleet_id"] == DEV_FLEET
-    robot = await api.services.db.fetchrow("SELECT * FROM robots WHERE id = $1", ALPHA)
+    robot = await api.resources.db.fetchrow("SELECT * FROM robots WHERE id = $1", ALPHA)
     assert robot["battery_level"] == 55.5 and robot["health_score"] == 91.0
     assert robot["last_pose"]["position"] == {"x": 4.0, "y": 2.5, "z": 0.0}
     assert datetime.now(UTC) - robot["last_seen"] < timedelta(seconds=30)
@@ -104,7 +103,7 @@ async def test_batch_stores_the_good_items_and_rejects_the_bad_ones_with_reasons
     assert results[4]["reason"] == "invalid_item" and "selfie" in results[4]["detail"]
     assert results[5]["reason"] == "invalid_item"
 
-    db = api.services.db
+    db = api.resources.db
     seqs = [
         r["seq"]
         for r in await db.fetch(
@@ -145,7 +144,8 @@ async def test_a_single_rejected_item_answers_422_with_its_reason(api: Api) -> N
     assert response.status_code == 422
     assert response.json()["results"][0]["reason"] == "invalid_value"
     assert await count(api, "SELECT count(*) FROM dead_letters WHERE source = 'http'") == 1
-    assert await api.services.db.fetchval("SELECT status::text FROM robots WHERE id = $1", ALPHA) == "WORKING"
+    status = await api.resources.db.fetchval("SELECT status::text FROM robots WHERE id = $1", ALPHA)
+    assert status == "WORKING"
 
 
 async def test_missing_key_is_401_and_bad_revoked_expired_or_foreign_keys_are_403(api: Api) -> None:
@@ -153,7 +153,7 @@ async def test_missing_key_is_401_and_bad_revoked_expired_or_foreign_keys_are_40
     beta = (await create_key(api, robot_id=BETA))["key"]
     revoked = await create_key(api)
     expired = await create_key(api, days=1)
-    db = api.services.db
+    db = api.resources.db
     await db.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1", revoked["apiKey"]["id"])
     await db.execute(
         "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1", expired["apiKey"]["id"]
@@ -193,7 +193,7 @@ async def test_malformed_bodies_are_400_and_oversized_ones_413(api: Api) -> None
         assert response.status_code == 400, (path, body, content, response.text)
         assert isinstance(response.json()["error"], str)
 
-    limit = api.services.settings.ingest_max_payload_bytes
+    limit = api.resources.settings.ingest_max_payload_bytes
     huge = telemetry(1001, metrics={"BLOB": 1.0}, padding="x" * (limit + 2048))
     too_big = await post(api, single, huge, key=key)
     assert too_big.status_code == 413 and "larger" in too_big.json()["error"]
@@ -203,14 +203,15 @@ async def test_malformed_bodies_are_400_and_oversized_ones_413(api: Api) -> None
 
 
 async def test_the_api_runs_the_pipeline_without_mqtt_and_answers_503_without_it(api: Api) -> None:
-    assert api.services.settings.mqtt_url is None
-    assert "pipeline" in api.services.components
+    assert api.resources.settings.mqtt_url is None
+    pipeline = api.components.pipeline
+    assert pipeline is not None
     key = (await create_key(api))["key"]
-    pipeline = api.services.components.pop("pipeline")
+    api.components.pipeline = None
     try:
         response = await post(api, f"/telemetry/{ALPHA}", telemetry(1001), key=key)
     finally:
-        api.services.components["pipeline"] = pipeline
+        api.components.pipeline = pipeline
     assert response.status_code == 503
     assert response.headers["retry-after"]
     assert "not running" in response.json()["error"]

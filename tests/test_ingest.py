@@ -18,7 +18,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,20 +28,15 @@ import pytest
 from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv50
 
+from app.core.channels import channels
 from app.ingest.messages import RawMessage
 from app.ingest.mqtt import forget_session
 from app.ingest.pipeline import Pipeline
-from app.pubsub import channels
-from app.settings import ROOT, Settings
+from app.settings import Settings
+from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02, WAREHOUSE_FLEET
 from tests.servers import MosquittoServer, free_port
-from tests.support import Api
+from tests.support import ROOT, Api
 
-ALPHA = "70000000-0000-4000-8000-000000000001"
-BETA = "70000000-0000-4000-8000-000000000002"
-GAMMA = "70000000-0000-4000-8000-000000000003"
-DELTA = "70000000-0000-4000-8000-000000000004"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-WAREHOUSE_FLEET = "40000000-0000-4000-8000-000000000003"
 NOBODY = "7fffffff-0000-4000-8000-00000000dead"
 POSE = {
     "position": {"x": 12.5, "y": 8.0, "z": 0.0},
@@ -120,7 +114,7 @@ async def robot_client(
 
 def ingest_settings(settings: Settings, mosquitto: MosquittoServer, **changes: Any) -> Settings:
     client_id = f"sepulki-ingest-test-{uuid.uuid4().hex[:8]}"
-    return replace(settings, mqtt_url=mosquitto.url, mqtt_client_id=client_id, **changes)
+    return settings.replace(mqtt_url=mosquitto.url, mqtt_client_id=client_id, **changes)
 
 
 async def clear_retained_status(url: str, robot_ids: list[str]) -> None:
@@ -145,7 +139,7 @@ async def ingesting(settings: Settings) -> AsyncIterator[Api]:
     finally:
         await conn.close()
     async with Api.running(settings) as api:
-        consumer = api.services.components["mqtt_ingest"]
+        consumer = api.components.mqtt_ingest
         async with asyncio.timeout(10):
             await consumer.subscribed.wait()
         yield api
@@ -153,24 +147,24 @@ async def ingesting(settings: Settings) -> AsyncIterator[Api]:
 
 @pytest.fixture
 async def ingest(settings: Settings, mosquitto: MosquittoServer) -> AsyncIterator[Api]:
-    await clear_retained_status(mosquitto.url, [ALPHA, BETA, GAMMA, DELTA])
+    await clear_retained_status(mosquitto.url, [ALPHA, BETA, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02])
     async with ingesting(ingest_settings(settings, mosquitto)) as api:
         yield api
 
 
 def counted(api: Api, outcome: str, reason: str | None = None) -> int:
-    metrics = api.services.components["ingest_metrics"]
+    metrics = api.components.pipeline.metrics
     if reason is not None:
         return int(metrics.rejected[reason])
     return int(metrics.total(outcome))
 
 
 async def robot_row(api: Api, robot_id: str) -> dict[str, Any]:
-    return dict(await api.services.db.fetchrow("SELECT * FROM robots WHERE id = $1", robot_id))
+    return dict(await api.resources.db.fetchrow("SELECT * FROM robots WHERE id = $1", robot_id))
 
 
 async def samples_of(api: Api, robot_id: str) -> list[dict[str, Any]]:
-    rows = await api.services.db.fetch(
+    rows = await api.resources.db.fetch(
         "SELECT * FROM telemetry WHERE robot_id = $1 AND seq >= 0 ORDER BY seq", robot_id
     )
     return [dict(r) for r in rows]
@@ -204,12 +198,12 @@ async def test_robot_telemetry_is_stored_and_updates_the_robot_row(
 
 async def test_telemetry_sent_at_qos_0_is_stored_too(ingest: Api, mosquitto: MosquittoServer) -> None:
     # QoS 0 has no acknowledgement: it takes gmqtt's on_message path, QoS 1 the packet-handler one.
-    async with robot_client(mosquitto.url, DELTA) as robot:
+    async with robot_client(mosquitto.url, WAREHOUSE_BOT_02) as robot:
         sample = orjson.dumps(telemetry(3, batteryLevel=42.0))
-        robot.client.publish(f"robots/{DELTA}/telemetry", sample, qos=0)
-        rows = await eventually(lambda: samples_of(ingest, DELTA), what="the QoS 0 sample")
+        robot.client.publish(f"robots/{WAREHOUSE_BOT_02}/telemetry", sample, qos=0)
+        rows = await eventually(lambda: samples_of(ingest, WAREHOUSE_BOT_02), what="the QoS 0 sample")
     assert [(r["seq"], r["battery_level"]) for r in rows] == [(3, 42.0)]
-    assert (await robot_row(ingest, DELTA))["battery_level"] == 42.0
+    assert (await robot_row(ingest, WAREHOUSE_BOT_02))["battery_level"] == 42.0
     assert counted(ingest, "stored") == 1
 
 
@@ -231,7 +225,7 @@ BAD_INPUT = [
     (ALPHA, b'{"seq": 1, "ts": ', "malformed_json"),
     (ALPHA, b"[1, 2, 3]", "invalid_type"),
     (NOBODY, orjson.dumps(telemetry(1)), "unknown_robot"),
-    (GAMMA, orjson.dumps(telemetry(2, robotId=DELTA)), "robot_mismatch"),
+    (WAREHOUSE_BOT_01, orjson.dumps(telemetry(2, robotId=WAREHOUSE_BOT_02)), "robot_mismatch"),
     (ALPHA, orjson.dumps(telemetry(3, batteryLevel="full")), "invalid_type"),
     (ALPHA, orjson.dumps(telemetry(4, healthScore=140)), "out_of_range"),
     (ALPHA, orjson.dumps(telemetry(-5)), "out_of_range"),
@@ -256,7 +250,7 @@ async def test_bad_input_is_dead_lettered_while_good_messages_of_the_batch_are_s
             publish_qos1(robot.client, f"robots/{robot_id}/telemetry", payload)
         robot.send("telemetry", telemetry(101, batteryLevel=51.0))
         rows = await eventually(
-            lambda: api.services.db.fetch("SELECT * FROM dead_letters ORDER BY id"),
+            lambda: api.resources.db.fetch("SELECT * FROM dead_letters ORDER BY id"),
             what="the dead letters",
         )
         stored = await samples_of(api, ALPHA)
@@ -275,9 +269,9 @@ async def test_bad_input_is_dead_lettered_while_good_messages_of_the_batch_are_s
 
 async def test_pipeline_answers_each_item_after_commit(api: Api) -> None:
     """The contract HTTP ingest codes against: one outcome per item, in order."""
-    pipeline: Pipeline = api.services.components["pipeline"]
-    await api.services.db.execute(CLEAR_HISTORY)
-    await api.services.db.execute("UPDATE robots SET deleted_at = now() WHERE id = $1", DELTA)
+    pipeline: Pipeline = api.components.pipeline
+    await api.resources.db.execute(CLEAR_HISTORY)
+    await api.resources.db.execute("UPDATE robots SET deleted_at = now() WHERE id = $1", WAREHOUSE_BOT_02)
     good = orjson.dumps(telemetry(1))
     items = [
         RawMessage(
@@ -289,7 +283,7 @@ async def test_pipeline_answers_each_item_after_commit(api: Api) -> None:
         RawMessage(
             "http", f"robots/{ALPHA}/telemetry", ALPHA, "telemetry", good, authenticated_robot_id=BETA
         ),
-        RawMessage("http", f"robots/{DELTA}/telemetry", DELTA, "telemetry", good),
+        RawMessage("http", f"robots/{WAREHOUSE_BOT_02}/telemetry", WAREHOUSE_BOT_02, "telemetry", good),
         RawMessage("http", f"robots/{ALPHA}/status", ALPHA, "status", b'{"status": "DANCING", "ts": "x"}'),
         RawMessage(
             "http",
@@ -310,12 +304,12 @@ async def test_pipeline_answers_each_item_after_commit(api: Api) -> None:
     ]
     # Answered after the commit: another connection sees the rows already.
     assert (
-        await api.services.db.fetchval(
+        await api.resources.db.fetchval(
             "SELECT count(*) FROM telemetry WHERE robot_id = $1 AND seq = 1", ALPHA
         )
         == 1
     )
-    assert await api.services.db.fetchval("SELECT count(*) FROM dead_letters") == 3
+    assert await api.resources.db.fetchval("SELECT count(*) FROM dead_letters") == 3
     assert (await robot_row(api, ALPHA))["status"] == "CHARGING"
 
 
@@ -330,8 +324,8 @@ async def test_a_message_the_database_refuses_is_dead_lettered_and_the_rest_stor
         return []
 
     async with Api.running(settings) as api:
-        await api.services.db.execute(CLEAR_HISTORY)
-        pipeline = Pipeline(api.services.db, None, settings, apply_acks=refuse_one)
+        await api.resources.db.execute(CLEAR_HISTORY)
+        pipeline = Pipeline(api.resources.db, None, settings, apply_acks=refuse_one)
         async with pipeline:
             good = [
                 RawMessage(
@@ -346,7 +340,7 @@ async def test_a_message_the_database_refuses_is_dead_lettered_and_the_rest_stor
         assert outcomes[2].reason == "storage_error" and "refused by the command outbox" in (
             outcomes[2].detail or ""
         )
-        letters = await api.services.db.fetch("SELECT reason, payload FROM dead_letters")
+        letters = await api.resources.db.fetch("SELECT reason, payload FROM dead_letters")
         assert [(r["reason"], bytes(r["payload"])) for r in letters] == [("storage_error", poison)]
         assert [s["seq"] for s in await samples_of(api, ALPHA)] == [1, 2, 3, 4, 5]
 
@@ -356,9 +350,9 @@ POISON = "c0000000-0000-4000-8000-00000000dead"
 
 async def test_two_workers_writing_the_same_robots_do_not_deadlock(api: Api) -> None:
     """Workers sharing the load ($share) commit batches about the same robots at the same time."""
-    await api.services.db.execute(CLEAR_HISTORY)
-    settings = api.services.settings
-    robots = [ALPHA, BETA, GAMMA, DELTA]
+    await api.resources.db.execute(CLEAR_HISTORY)
+    settings = api.resources.settings
+    robots = [ALPHA, BETA, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02]
 
     def batch(order: list[str], first_seq: int) -> list[RawMessage]:
         return [
@@ -369,8 +363,8 @@ async def test_two_workers_writing_the_same_robots_do_not_deadlock(api: Api) -> 
         ]
 
     async with (
-        Pipeline(api.services.db, None, settings) as one,
-        Pipeline(api.services.db, None, settings) as two,
+        Pipeline(api.resources.db, None, settings) as one,
+        Pipeline(api.resources.db, None, settings) as two,
     ):
         for round_ in range(10):
             seq = 1000 * round_
@@ -380,34 +374,36 @@ async def test_two_workers_writing_the_same_robots_do_not_deadlock(api: Api) -> 
             assert {o.status for result in outcomes for o in result} == {"stored"}
         retries = one.metrics.batch_retries + two.metrics.batch_retries
     assert retries == 0
-    assert await api.services.db.fetchval("SELECT count(*) FROM telemetry") == 10 * 2 * 100
+    assert await api.resources.db.fetchval("SELECT count(*) FROM telemetry") == 10 * 2 * 100
 
 
 async def test_retained_status_and_last_will_set_the_robot_status(
     settings: Settings, mosquitto: MosquittoServer
 ) -> None:
-    await clear_retained_status(mosquitto.url, [GAMMA])
+    await clear_retained_status(mosquitto.url, [WAREHOUSE_BOT_01])
     # Published before the ingest runs: the broker keeps it and hands it over on subscribe.
-    async with robot_client(mosquitto.url, GAMMA) as robot:
+    async with robot_client(mosquitto.url, WAREHOUSE_BOT_01) as robot:
         robot.send("status", {"status": "MAINTENANCE", "ts": now_iso(-60)}, retain=True)
         await asyncio.sleep(0.1)
     async with ingesting(ingest_settings(settings, mosquitto)) as api:
-        await eventually(lambda: robot_status_is(api, GAMMA, "MAINTENANCE"), what="the retained status")
+        await eventually(
+            lambda: robot_status_is(api, WAREHOUSE_BOT_01, "MAINTENANCE"), what="the retained status"
+        )
         # The robot comes online with a Last Will, reports WORKING, then its link dies.
         will = orjson.dumps({"status": "OFFLINE", "ts": now_iso()})
         with connected_with_will(
-            mosquitto.port, f"robot-{GAMMA[-4:]}", f"robots/{GAMMA}/status", will
+            mosquitto.port, f"robot-{WAREHOUSE_BOT_01[-4:]}", f"robots/{WAREHOUSE_BOT_01}/status", will
         ) as link:
-            async with robot_client(mosquitto.url, GAMMA) as robot:
+            async with robot_client(mosquitto.url, WAREHOUSE_BOT_01) as robot:
                 robot.send("status", {"status": "WORKING", "ts": now_iso(1)}, retain=True)
-                await eventually(lambda: robot_status_is(api, GAMMA, "WORKING"), what="WORKING")
+                await eventually(lambda: robot_status_is(api, WAREHOUSE_BOT_01, "WORKING"), what="WORKING")
             link.close()  # no DISCONNECT packet: the broker publishes the will
-        await eventually(lambda: robot_status_is(api, GAMMA, "OFFLINE"), what="the Last Will")
-        statuses = await api.services.db.fetch(
-            "SELECT status::text FROM telemetry WHERE robot_id = $1 AND seq < 0 ORDER BY ts", GAMMA
+        await eventually(lambda: robot_status_is(api, WAREHOUSE_BOT_01, "OFFLINE"), what="the Last Will")
+        statuses = await api.resources.db.fetch(
+            "SELECT status::text FROM telemetry WHERE robot_id = $1 AND seq < 0 ORDER BY ts", WAREHOUSE_BOT_01
         )
     assert [r["status"] for r in statuses] == ["MAINTENANCE", "OFFLINE", "WORKING"]
-    await clear_retained_status(mosquitto.url, [GAMMA])
+    await clear_retained_status(mosquitto.url, [WAREHOUSE_BOT_01])
 
 
 async def robot_status_is(api: Api, robot_id: str, status: str) -> bool:
@@ -453,13 +449,15 @@ async def test_robot_event_lands_in_robot_events_and_on_the_fleet_stream(
         "data": {"distance": 0.4},
     }
     async with (
-        ingest.services.events.subscribe(channels.bellows(WAREHOUSE_FLEET)) as stream,
-        robot_client(mosquitto.url, GAMMA) as robot,
+        ingest.resources.events.subscribe(channels.bellows(WAREHOUSE_FLEET)) as stream,
+        robot_client(mosquitto.url, WAREHOUSE_BOT_01) as robot,
     ):
         robot.send("events", event)
         async with asyncio.timeout(10):
             published = await anext(stream)
-    row = await ingest.services.db.fetchrow("SELECT * FROM robot_events WHERE robot_id = $1", GAMMA)
+    row = await ingest.resources.db.fetchrow(
+        "SELECT * FROM robot_events WHERE robot_id = $1", WAREHOUSE_BOT_01
+    )
     assert row is not None
     assert (row["seq"], row["type"], row["severity"], row["message"]) == (
         3,
@@ -473,7 +471,7 @@ async def test_robot_event_lands_in_robot_events_and_on_the_fleet_stream(
     assert datetime.fromisoformat(sent.pop("timestamp")) == row["ts"]
     assert sent == {
         "id": str(row["id"]),
-        "robot_id": GAMMA,
+        "robot_id": WAREHOUSE_BOT_01,
         "type": "OBSTACLE",
         "data": {"distance": 0.4},
         "message": "Obstacle at 0.4 m",
@@ -482,9 +480,9 @@ async def test_robot_event_lands_in_robot_events_and_on_the_fleet_stream(
 
 
 async def test_fleet_channel_gets_one_message_per_batch(api: Api) -> None:
-    pipeline: Pipeline = api.services.components["pipeline"]
-    await api.services.db.execute(CLEAR_HISTORY)
-    events = api.services.events
+    pipeline: Pipeline = api.components.pipeline
+    await api.resources.db.execute(CLEAR_HISTORY)
+    events = api.resources.events
     batch = [
         RawMessage(
             "mqtt",
@@ -522,7 +520,7 @@ async def test_fleet_channel_gets_one_message_per_batch(api: Api) -> None:
     )
     assert [e["type"] for e in message["events"]] == ["DOCKED"]
     assert sorted((r["id"], r["battery_level"]) for r in robots) == [(ALPHA, 87.0), (BETA, 87.0)]
-    logged = await api.services.db.fetch("SELECT channels FROM event_log ORDER BY id")
+    logged = await api.resources.db.fetch("SELECT channels FROM event_log ORDER BY id")
     assert [r["channels"] for r in logged] == [
         [channels.bellows(DEV_FLEET)],
         [channels.robot_status(ALPHA), channels.ROBOT_STATUS_ALL],
@@ -531,7 +529,7 @@ async def test_fleet_channel_gets_one_message_per_batch(api: Api) -> None:
 
 
 async def test_metrics_endpoint_counts_messages_in_prometheus_format(api: Api) -> None:
-    pipeline: Pipeline = api.services.components["pipeline"]
+    pipeline: Pipeline = api.components.pipeline
     await pipeline.submit(
         [
             RawMessage("http", f"robots/{ALPHA}/telemetry", ALPHA, "telemetry", orjson.dumps(telemetry(1))),
@@ -574,7 +572,7 @@ async def test_killed_ingest_worker_loses_and_duplicates_nothing(
     database_url: str, mosquitto: MosquittoServer
 ) -> None:
     total = 3000
-    robots = [ALPHA, BETA, GAMMA, DELTA]
+    robots = [ALPHA, BETA, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02]
     worker_id = f"sepulki-ingest-kill-{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(database_url)
     await conn.execute(CLEAR_HISTORY)

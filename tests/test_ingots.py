@@ -5,21 +5,23 @@ from __future__ import annotations
 import asyncio
 import re
 
-from app.pubsub import channels
+from app.core.channels import channels
+from tests.seed_ids import (
+    ADMIN_ID,
+    ALPHA,
+    ASSEMBLY_FLEET,
+    ASSEMBLY_SEPULKA,
+    BETA,
+    DEMO_ID,
+    DEV_FLEET,
+    DEVBOT_INGOT,
+    DEVBOT_SEPULKA,
+    TEST_ID,
+    WAREHOUSE_INGOT,
+    WAREHOUSE_SEPULKA,
+)
 from tests.support import DEMO, TEST, Api
 
-DEVBOT = "50000000-0000-4000-8000-000000000001"
-WAREHOUSE = "50000000-0000-4000-8000-000000000002"
-ASSEMBLY = "50000000-0000-4000-8000-000000000003"
-DEVBOT_INGOT = "60000000-0000-4000-8000-000000000001"
-WAREHOUSE_INGOT = "60000000-0000-4000-8000-000000000002"
-ASSEMBLY_FLEET = "40000000-0000-4000-8000-000000000001"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-ALPHA = "70000000-0000-4000-8000-000000000001"
-BETA = "70000000-0000-4000-8000-000000000002"
-ADMIN_ID = "00000000-0000-4000-8000-000000000001"
-DEMO_ID = "00000000-0000-4000-8000-000000000003"
-TEST_ID = "00000000-0000-4000-8000-000000000004"
 UNKNOWN = "99999999-0000-4000-8000-000000000000"
 
 INGOTS = """
@@ -64,10 +66,10 @@ def codes(body: dict) -> list[str]:
 
 
 async def test_ingots_of_a_sepulka_as_the_reference_tests_query_them(api: Api) -> None:
-    ingots = (await api.data(INGOTS, {"filter": {"sepulkaId": DEVBOT}}, as_=DEMO))["ingots"]
+    ingots = (await api.data(INGOTS, {"filter": {"sepulkaId": DEVBOT_SEPULKA}}, as_=DEMO))["ingots"]
     assert len(ingots) == 1
     ingot = ingots[0]
-    assert (ingot["id"], ingot["sepulkaId"], ingot["version"]) == (DEVBOT_INGOT, DEVBOT, "1.0.0")
+    assert (ingot["id"], ingot["sepulkaId"], ingot["version"]) == (DEVBOT_INGOT, DEVBOT_SEPULKA, "1.0.0")
     assert ingot["buildHash"] == "build_dev001_abc123"
     assert ingot["status"] == "READY"
     assert ingot["buildLogs"] == ["Build started", "Compiling firmware", "Build complete"]
@@ -96,32 +98,34 @@ async def test_ingot_by_id_unknown_and_malformed(api: Api) -> None:
 
 
 async def test_casting_a_ready_sepulka_queues_the_next_version(api: Api) -> None:
-    payload = (await api.data(CAST, {"id": WAREHOUSE}, as_=DEMO))["castIngot"]
+    payload = (await api.data(CAST, {"id": WAREHOUSE_SEPULKA}, as_=DEMO))["castIngot"]
     assert payload["errors"] is None
     ingot = payload["ingot"]
     # The sepulka already has ingot 1.0.0, so this build is 1.0.1.
     assert ingot["version"] == "1.0.1"
-    assert ingot["sepulkaId"] == WAREHOUSE
+    assert ingot["sepulkaId"] == WAREHOUSE_SEPULKA
     assert ingot["status"] == "BUILDING"
     assert ingot["artifacts"] == []
     assert ingot["buildLogs"] == ["Build queued"]
     assert ingot["tempered"] is False
     assert re.fullmatch(r"build_\d{13}_[0-9a-z]{9}", ingot["buildHash"])
 
-    db = api.services.db
-    assert await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", WAREHOUSE) == "CASTING"
+    db = api.resources.db
+    assert (
+        await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", WAREHOUSE_SEPULKA) == "CASTING"
+    )
     row = await db.fetchrow("SELECT * FROM ingots WHERE id = $1", ingot["id"])
     assert (row["version"], row["status"], row["created_by"]) == ("1.0.1", "BUILDING", DEMO_ID)
     audit = await db.fetchrow("SELECT * FROM audit_logs WHERE action = 'castIngot'")
     assert (audit["smith_id"], audit["resource_id"]) == (DEMO_ID, ingot["id"])
     assert audit["changes"]["version"] == "1.0.1"
     # A casting sepulka cannot be cast again until its build settles.
-    again = (await api.data(CAST, {"id": WAREHOUSE}))["castIngot"]
+    again = (await api.data(CAST, {"id": WAREHOUSE_SEPULKA}))["castIngot"]
     assert again["errors"][0]["message"] == "Sepulka must be in CAST_READY status, currently: CASTING"
 
 
 async def test_casting_a_forging_sepulka_is_refused(api: Api) -> None:
-    payload = (await api.data(CAST, {"id": ASSEMBLY}))["castIngot"]
+    payload = (await api.data(CAST, {"id": ASSEMBLY_SEPULKA}))["castIngot"]
     assert payload["ingot"] is None
     assert payload["errors"] == [
         {
@@ -130,18 +134,20 @@ async def test_casting_a_forging_sepulka_is_refused(api: Api) -> None:
             "field": "sepulkaId",
         }
     ]
-    db = api.services.db
-    assert await db.fetchval("SELECT count(*) FROM ingots WHERE sepulka_id = $1", ASSEMBLY) == 0
-    assert await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", ASSEMBLY) == "FORGING"
+    db = api.resources.db
+    assert await db.fetchval("SELECT count(*) FROM ingots WHERE sepulka_id = $1", ASSEMBLY_SEPULKA) == 0
+    assert await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", ASSEMBLY_SEPULKA) == "FORGING"
 
 
 async def test_casting_a_sepulka_without_alloys_is_refused_as_incomplete(api: Api) -> None:
-    db = api.services.db
-    await db.execute("UPDATE sepulkas SET status = 'CAST_READY' WHERE id = $1", ASSEMBLY)
-    await db.execute("DELETE FROM sepulka_alloys WHERE sepulka_id = $1", ASSEMBLY)
-    payload = (await api.data(CAST, {"id": ASSEMBLY}))["castIngot"]
+    db = api.resources.db
+    await db.execute("UPDATE sepulkas SET status = 'CAST_READY' WHERE id = $1", ASSEMBLY_SEPULKA)
+    await db.execute("DELETE FROM sepulka_alloys WHERE sepulka_id = $1", ASSEMBLY_SEPULKA)
+    payload = (await api.data(CAST, {"id": ASSEMBLY_SEPULKA}))["castIngot"]
     assert payload["errors"][0]["message"] == "Sepulka is incomplete"
-    assert await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", ASSEMBLY) == "CAST_READY"
+    assert (
+        await db.fetchval("SELECT status::text FROM sepulkas WHERE id = $1", ASSEMBLY_SEPULKA) == "CAST_READY"
+    )
 
 
 async def test_casting_unknown_malformed_or_without_permission(api: Api) -> None:
@@ -149,8 +155,8 @@ async def test_casting_unknown_malformed_or_without_permission(api: Api) -> None
     assert missing["errors"][0]["code"] == "NOT_FOUND"
     assert await api.error_codes(CAST, {"id": "sepulka-2"}) == ["BAD_USER_INPUT"]
     smith = await api.create_smith("caster@sepulki.com", "SMITH")
-    assert await api.error_codes(CAST, {"id": WAREHOUSE}, as_=smith) == ["FORBIDDEN"]
-    assert await api.services.db.fetchval("SELECT count(*) FROM ingots") == 2
+    assert await api.error_codes(CAST, {"id": WAREHOUSE_SEPULKA}, as_=smith) == ["FORBIDDEN"]
+    assert await api.resources.db.fetchval("SELECT count(*) FROM ingots") == 2
 
 
 async def test_temper_and_quench_answer_not_implemented_after_checking_ids(api: Api) -> None:
@@ -171,11 +177,11 @@ async def test_temper_and_quench_answer_not_implemented_after_checking_ids(api: 
 
 
 async def _move_dev_fleet_to_new_build(api: Api) -> str:
-    db = api.services.db
+    db = api.resources.db
     newer = await db.fetchval(
         "INSERT INTO ingots (sepulka_id, version, build_hash, status) "
         "VALUES ($1, '1.0.1', 'build_newer', 'READY') RETURNING id",
-        DEVBOT,
+        DEVBOT_SEPULKA,
     )
     await db.execute("UPDATE robots SET current_ingot_id = $1 WHERE fleet_id = $2", newer, DEV_FLEET)
     return newer
@@ -183,7 +189,7 @@ async def _move_dev_fleet_to_new_build(api: Api) -> str:
 
 async def test_recall_rolls_every_robot_back_and_records_the_deployment(api: Api) -> None:
     await _move_dev_fleet_to_new_build(api)
-    async with api.services.events.subscribe(channels.robot_status(ALPHA)) as updates:
+    async with api.resources.events.subscribe(channels.robot_status(ALPHA)) as updates:
         payload = (await api.data(RECALL, {"fleet": DEV_FLEET, "version": "1.0.0"}, as_=TEST))["recallFleet"]
         event = await asyncio.wait_for(anext(updates), timeout=5)
     assert payload["errors"] is None
@@ -193,7 +199,7 @@ async def test_recall_rolls_every_robot_back_and_records_the_deployment(api: Api
     assert (deployment["status"], deployment["rolloutPercent"]) == ("COMPLETED", 100)
     assert (event["id"], event["current_ingot_id"]) == (ALPHA, DEVBOT_INGOT)
 
-    db = api.services.db
+    db = api.resources.db
     current = await db.fetch("SELECT current_ingot_id FROM robots WHERE fleet_id = $1", DEV_FLEET)
     assert {r["current_ingot_id"] for r in current} == {DEVBOT_INGOT}
     row = await db.fetchrow("SELECT * FROM deployments WHERE id = $1", deployment["id"])
@@ -206,12 +212,12 @@ async def test_recall_rolls_every_robot_back_and_records_the_deployment(api: Api
 
 async def test_recall_is_partial_when_a_robot_has_no_such_version(api: Api) -> None:
     newer = await _move_dev_fleet_to_new_build(api)
-    db = api.services.db
+    db = api.resources.db
     # A robot of a design that was never built as 1.0.0.
     odd = await db.fetchval(
         "INSERT INTO robots (name, sepulka_id, fleet_id, current_ingot_id) "
         "VALUES ('Odd-One', $1, $2, $3) RETURNING id",
-        ASSEMBLY,
+        ASSEMBLY_SEPULKA,
         DEV_FLEET,
         newer,
     )
@@ -232,7 +238,7 @@ async def test_recall_to_a_version_nobody_has_fails_and_moves_nothing(api: Api) 
     assert payload["deployment"]["status"] == "FAILED"
     assert {e["field"] for e in payload["errors"]} == {"robotId"}
     assert len(payload["errors"]) == 2
-    db = api.services.db
+    db = api.resources.db
     row = await db.fetchrow("SELECT * FROM deployments WHERE id = $1", payload["deployment"]["id"])
     assert (row["status"], row["created_by"]) == ("FAILED", ADMIN_ID)
     current = await db.fetch("SELECT current_ingot_id FROM robots WHERE fleet_id = $1", DEV_FLEET)
@@ -245,7 +251,7 @@ async def test_recall_needs_an_existing_fleet_with_robots(api: Api) -> None:
     assert empty["errors"][0]["field"] == "fleetId"
     missing = (await api.data(RECALL, {"fleet": UNKNOWN, "version": "1.0.0"}))["recallFleet"]
     assert missing["errors"][0]["code"] == "NOT_FOUND"
-    assert await api.services.db.fetchval("SELECT count(*) FROM deployments") == 0
+    assert await api.resources.db.fetchval("SELECT count(*) FROM deployments") == 0
     assert await api.error_codes(RECALL, {"fleet": "fleet-1", "version": "1.0.0"}) == ["BAD_USER_INPUT"]
     assert await api.error_codes(RECALL, {"fleet": DEV_FLEET, "version": " "}) == ["BAD_USER_INPUT"]
     smith = await api.create_smith("recaller@sepulki.com", "OVER_SMITH")

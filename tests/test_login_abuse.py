@@ -8,7 +8,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ import pytest
 
 from app import sessions
 from app.context import Context
-from app.loaders import Loaders
 from app.settings import Settings
 from tests.servers import RedisServer
 from tests.support import DEMO, DEV, LOGIN, Api
@@ -60,14 +58,14 @@ def retry_after(body: dict[str, Any]) -> int:
 
 
 async def login_audit(api: Api) -> list[dict[str, Any]]:
-    rows = await api.services.db.fetch(
+    rows = await api.resources.db.fetch(
         "SELECT smith_id, resource_id, changes, ip_address FROM audit_logs WHERE action = 'login' ORDER BY id"
     )
     return [dict(row) for row in rows]
 
 
 async def test_sixth_failed_login_locks_the_email_and_the_seventh_attempt_is_refused(api: Api) -> None:
-    passwords = api.services.passwords
+    passwords = api.resources.passwords
     failures = [outcome(await attempt(api, DEMO[0], f"guess-{n}")) for n in range(6)]
     assert failures == [INVALID] * 6
 
@@ -82,7 +80,7 @@ async def test_sixth_failed_login_locks_the_email_and_the_seventh_attempt_is_ref
     # Other accounts are untouched.
     assert outcome(await attempt(api, DEV[0], DEV[1])) == "signed in"
 
-    demo_id = await api.services.db.fetchval("SELECT id FROM smiths WHERE email = $1", DEMO[0])
+    demo_id = await api.resources.db.fetchval("SELECT id FROM smiths WHERE email = $1", DEMO[0])
     rows = [row for row in await login_audit(api) if row["smith_id"] in (demo_id, None)]
     outcomes = [(row["smith_id"], row["changes"]["outcome"]) for row in rows]
     assert outcomes[:6] == [(demo_id, "failure")] * 5 + [(demo_id, "lockout")]
@@ -115,10 +113,10 @@ async def test_unknown_emails_lock_alike_whatever_their_case(api: Api) -> None:
 async def test_unknown_email_wrong_password_and_deactivated_account_cost_one_verification_each(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await api.services.db.execute(
+    await api.resources.db.execute(
         "UPDATE smiths SET is_active = false, deactivated_at = now() WHERE email = $1", DEV[0]
     )
-    passwords = api.services.passwords
+    passwords = api.resources.passwords
     answers = {}
     caplog.set_level(logging.DEBUG)
     for case, (email, password) in {
@@ -157,7 +155,7 @@ async def test_a_successful_login_clears_the_failures(api: Api) -> None:
 
 
 async def test_the_lock_lifts_when_its_window_passes(settings: Settings) -> None:
-    async with Api.running(replace(settings, login_lockout="2/2 seconds")) as api:
+    async with Api.running(settings.replace(login_lockout="2/2 seconds")) as api:
         for _ in range(3):
             assert outcome(await attempt(api, DEMO[0], "guess")) == INVALID
         refused = await attempt(api, DEMO[0], DEMO[1])
@@ -167,7 +165,7 @@ async def test_the_lock_lifts_when_its_window_passes(settings: Settings) -> None
 
 
 async def test_one_address_gets_100_attempts_per_15_minutes_by_default(api: Api) -> None:
-    assert api.services.settings.login_rate_limit_ip == "100/15 minutes"
+    assert api.resources.settings.login_rate_limit_ip == "100/15 minutes"
     # Distinct emails, so that no lockout or per-account limit interferes.
     for n in range(100):
         assert outcome(await attempt(api, f"walker-{n}@example.com", "guess")) == INVALID
@@ -179,7 +177,7 @@ async def test_one_address_gets_100_attempts_per_15_minutes_by_default(api: Api)
 
 
 async def test_one_account_is_rate_limited_across_addresses(settings: Settings) -> None:
-    async with Api.running(replace(settings, login_rate_limit_account="3/15 minutes")) as api:
+    async with Api.running(settings.replace(login_rate_limit_account="3/15 minutes")) as api:
         for n in range(3):
             async with from_address(api, f"198.51.100.{n + 1}") as client:
                 assert outcome(await attempt(api, DEMO[0], DEMO[1], client)) == "signed in"
@@ -193,7 +191,7 @@ async def test_one_account_is_rate_limited_across_addresses(settings: Settings) 
 async def test_replicas_sharing_redis_share_the_lockout(
     settings: Settings, redis_server: RedisServer
 ) -> None:
-    shared = replace(settings, rate_limit_storage_url="async+" + redis_server.url)
+    shared = settings.replace(rate_limit_storage_url="async+" + redis_server.url)
     # A fresh email: the Redis server outlives this test.
     email = f"target-{uuid.uuid4().hex[:8]}@example.com"
     async with Api.running(shared) as one, Api.running(shared) as two:
@@ -208,6 +206,6 @@ async def test_the_lock_can_be_lifted_once_the_owner_proved_who_they_are(api: Ap
     for _ in range(6):
         assert outcome(await attempt(api, DEMO[0], "guess")) == INVALID
     assert outcome(await attempt(api, DEMO[0], DEMO[1])) == "RATE_LIMITED"
-    services = api.services
-    await sessions.clear_login_failures(Context(services, None, None, Loaders(services.db)), DEMO[0].upper())
+    resources = api.resources
+    await sessions.clear_login_failures(Context(resources, None), DEMO[0].upper())
     assert outcome(await attempt(api, DEMO[0], DEMO[1])) == "signed in"

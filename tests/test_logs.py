@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from app import logs
+from app.infra import logs
 from tests.support import DEV, LOGIN, Api
 
 PASSWORD = DEV[1]

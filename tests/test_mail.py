@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.mail import FileMailer, MailError, SmtpMailer, create_mailer
+from app.infra.mail import FileMailer, MailError, SmtpMailer, create_mailer
 from app.settings import Settings
 from tests.mailsink import SmtpSink, our_log
 from tests.servers import free_port

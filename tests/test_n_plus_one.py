@@ -3,10 +3,8 @@ for 2 fleets as for 50: every list field goes through a per-request DataLoader."
 
 from __future__ import annotations
 
+from tests.seed_ids import DEVBOT_INGOT, DEVBOT_SEPULKA
 from tests.support import Api
-
-SEPULKA = "50000000-0000-4000-8000-000000000001"
-INGOT = "60000000-0000-4000-8000-000000000001"
 
 FLEETS = """
 query($locus: ID!) {
@@ -38,7 +36,7 @@ TASKS = """
 
 
 async def _fleets_with_robots(api: Api, fleets: int) -> str:
-    db = api.services.db
+    db = api.resources.db
     locus = await db.fetchval(
         "INSERT INTO loci (name, coordinates) VALUES ('N+1 site', "
         '\'{"latitude": 10, "longitude": 20}\') RETURNING id'
@@ -58,14 +56,14 @@ async def _fleets_with_robots(api: Api, fleets: int) -> str:
         """,
         locus,
         fleets,
-        SEPULKA,
-        INGOT,
+        DEVBOT_SEPULKA,
+        DEVBOT_INGOT,
     )
     return str(locus)
 
 
 async def _tasks_with_robots(api: Api, tasks: int) -> None:
-    await api.services.db.execute(
+    await api.resources.db.execute(
         """
         WITH t AS (
           INSERT INTO tasks (name, type, status, created_by)
@@ -106,7 +104,7 @@ async def test_fleet_dashboard_statement_count_does_not_grow_with_fleets(api: Ap
     many, many_data = await _count(api, FLEETS, {"locus": large})
     assert len(few_data["fleets"]) == 2 and len(many_data["fleets"]) == 50
     assert sum(len(f["robots"]) for f in many_data["fleets"]) == 100
-    assert all(r["currentIngot"]["id"] == INGOT for f in many_data["fleets"] for r in f["robots"])
+    assert all(r["currentIngot"]["id"] == DEVBOT_INGOT for f in many_data["fleets"] for r in f["robots"])
     assert few == many, f"{few} statements for 2 fleets, {many} for 50"
 
 

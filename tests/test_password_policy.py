@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from app import password_policy
-from app.errors import Invalid
+from app.core import password_policy
+from app.core.errors import Invalid
 
 ADA = ("ada.lovelace@example.com", "Ada Lovelace")
 STRONG = "quench-orbit-lantern-71-marrow"

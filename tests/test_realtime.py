@@ -11,25 +11,24 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from broadcaster import Broadcast
 from redis.asyncio import Redis
 
-from app import realtime
-from app.db import Pool
-from app.pubsub import Event, Events, Recorded, channels, encode, record
-from app.realtime import event_stream
-from app.settings import ROOT, Settings
+from app.core.channels import channels
+from app.infra.bus import Event, Events, encode
+from app.infra.db import Pool
+from app.infra.eventlog import Recorded, record
+from app.realtime.streams import event_stream
+from app.settings import Settings
 from tests.live import Live, serving
+from tests.seed_ids import ALPHA, DEV_FLEET
 from tests.servers import RedisServer
-from tests.support import Api
+from tests.support import ROOT, Api
 from tests.test_subscriptions import (
     BELLOWS,
-    DEV_FLEET,
-    DEVBOT_ALPHA,
     ROBOT_STATUS,
     UPDATE_ROBOT_STATUS,
 )
@@ -45,7 +44,7 @@ ROBOT_STATUS_AFTER = ROBOT_STATUS.replace("($robotId: ID)", "($robotId: ID, $aft
 PUBLISHER = """
 import asyncio, sys
 from broadcaster import Broadcast
-from app.pubsub import Events
+from app.infra.bus import Events
 
 async def main(url, channel):
     async with Broadcast(url) as broadcast:
@@ -57,7 +56,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 @pytest.fixture
 def redis_settings(settings: Settings, redis_server: RedisServer) -> Settings:
-    return replace(settings, broadcast_url=redis_server.url)
+    return settings.replace(broadcast_url=redis_server.url)
 
 
 @pytest.fixture
@@ -85,60 +84,60 @@ def bellows(n: int, metrics: int = 1) -> dict[str, Any]:
         "name": "BATTERY_SOC",
         "value": float(n),
         "timestamp": "2026-11-01T10:00:00+00:00",
-        "robot_id": DEVBOT_ALPHA,
+        "robot_id": ALPHA,
     }
     return {"fleet_id": DEV_FLEET, "metrics": [metric] * metrics, "events": [], "real_time": True}
 
 
 async def test_operator_sees_the_status_set_by_update_robot_status_through_redis(live: Live) -> None:
     init = await live.bearer()
-    channel = channels.robot_status(DEVBOT_ALPHA)
+    channel = channels.robot_status(ALPHA)
     async with (
         connected(live.ws_url, init) as socket,
-        socket.subscribe(ROBOT_STATUS, {"robotId": DEVBOT_ALPHA}) as s,
+        socket.subscribe(ROBOT_STATUS, {"robotId": ALPHA}) as s,
     ):
         await live.listening(channel)
-        changed = await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": DEVBOT_ALPHA, "status": "MAINTENANCE"})
+        changed = await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": ALPHA, "status": "MAINTENANCE"})
         assert changed["updateRobotStatus"]["status"] == "MAINTENANCE"
         update = await result(s)
     robot = update["data"]["robotStatus"]
-    assert (robot["id"], robot["name"], robot["status"]) == (DEVBOT_ALPHA, "DevBot-Alpha", "MAINTENANCE")
-    stored = await live.row("robots", DEVBOT_ALPHA)
+    assert (robot["id"], robot["name"], robot["status"]) == (ALPHA, "DevBot-Alpha", "MAINTENANCE")
+    stored = await live.row("robots", ALPHA)
     assert stored["status"] == "MAINTENANCE"
-    logged = await live.api.services.db.fetchrow(
+    logged = await live.api.resources.db.fetchrow(
         "SELECT id, channels, payload FROM event_log WHERE id = $1", int(update["extensions"]["eventId"])
     )
     assert logged["channels"] == [channel, channels.ROBOT_STATUS_ALL]
-    assert logged["payload"]["status"] == "MAINTENANCE" and logged["payload"]["id"] == DEVBOT_ALPHA
+    assert logged["payload"]["status"] == "MAINTENANCE" and logged["payload"]["id"] == ALPHA
 
 
 async def test_operators_with_the_same_selection_share_one_execution_of_each_event(live: Live) -> None:
     init = await live.bearer()
-    channel = channels.robot_status(DEVBOT_ALPHA)
+    channel = channels.robot_status(ALPHA)
     brief = "subscription($id: ID) { robotStatus(robotId: $id) { id status } }"
-    variables = {"robotId": DEVBOT_ALPHA}
+    variables = {"robotId": ALPHA}
     async with (
         connected(live.ws_url, init) as one,
         connected(live.ws_url, init) as two,
         connected(live.ws_url, init) as three,
         one.subscribe(ROBOT_STATUS, variables) as first,
         two.subscribe(ROBOT_STATUS, variables) as second,
-        three.subscribe(brief, {"id": DEVBOT_ALPHA}) as other,
+        three.subscribe(brief, {"id": ALPHA}) as other,
     ):
         deadline = asyncio.get_running_loop().time() + 5
-        while live.api.services.events.subscribers(channel) < 3:
+        while live.api.resources.events.subscribers(channel) < 3:
             assert asyncio.get_running_loop().time() < deadline, "the three sockets did not subscribe"
             await asyncio.sleep(0.01)
-        await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": DEVBOT_ALPHA, "status": "CHARGING"})
+        await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": ALPHA, "status": "CHARGING"})
         got = [await result(first), await result(second), await result(other)]
     event_id = int(got[0]["extensions"]["eventId"])
     assert got[0] == got[1]
     assert got[2] == {
-        "data": {"robotStatus": {"id": DEVBOT_ALPHA, "status": "CHARGING"}},
+        "data": {"robotStatus": {"id": ALPHA, "status": "CHARGING"}},
         "extensions": {"eventId": str(event_id)},
     }
     # One execution per distinct selection, whatever the number of sockets.
-    assert len(realtime._shared(live.api.app.state.schema)._events[event_id]) == 2
+    assert len(live.api.app.state.subscriptions.results._events[event_id]) == 2
 
 
 async def test_an_event_published_by_another_process_reaches_a_subscriber_through_redis(
@@ -164,7 +163,7 @@ async def test_a_stream_resuming_after_an_event_replays_the_missed_ones_then_con
     redis_settings: Settings,
 ) -> None:
     async with Api.running(redis_settings) as api:
-        events, db = api.services.events, api.services.db
+        events, db = api.resources.events, api.resources.db
         names = [channels.bellows(DEV_FLEET)]
         seen = await commit(db, names, bellows(0))  # the client saw this one before it left
         missed = [await commit(db, names, bellows(n)) for n in (1, 2)]  # committed, not yet published
@@ -216,7 +215,7 @@ async def test_operator_reconnecting_with_after_gets_what_happened_meanwhile_the
 
 async def test_malformed_after_cursor_is_bad_user_input(live: Live) -> None:
     init = await live.bearer()
-    variables = {"robotId": DEVBOT_ALPHA, "after": "yesterday"}
+    variables = {"robotId": ALPHA, "after": "yesterday"}
     async with connected(live.ws_url, init) as socket, socket.subscribe(ROBOT_STATUS_AFTER, variables) as s:
         errors = await s.errors()
     assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"]
@@ -227,15 +226,15 @@ async def test_operator_watching_a_robot_sees_every_status_across_a_redis_restar
     live: Live, redis_server: RedisServer
 ) -> None:
     init = await live.bearer()
-    channel = channels.robot_status(DEVBOT_ALPHA)
+    channel = channels.robot_status(ALPHA)
 
     async def set_status(status: str) -> None:
-        changed = await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": DEVBOT_ALPHA, "status": status})
+        changed = await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": ALPHA, "status": status})
         assert changed["updateRobotStatus"]["status"] == status
 
     async with (
         connected(live.ws_url, init) as socket,
-        socket.subscribe(ROBOT_STATUS, {"robotId": DEVBOT_ALPHA}) as s,
+        socket.subscribe(ROBOT_STATUS, {"robotId": ALPHA}) as s,
     ):
         await live.listening(channel)
         await set_status("CHARGING")
@@ -251,13 +250,13 @@ async def test_operator_watching_a_robot_sees_every_status_across_a_redis_restar
         with pytest.raises(TimeoutError):
             await result(s, timeout=0.5)
     assert [p["data"]["robotStatus"]["status"] for p in seen] == ["CHARGING", "ERROR", "IDLE"]
-    logged = await live.api.services.db.fetch(
+    logged = await live.api.resources.db.fetch(
         "SELECT id, payload->>'status' AS status FROM event_log WHERE $1 = ANY(channels) ORDER BY id", channel
     )
     assert [(str(r["id"]), r["status"]) for r in logged] == [
         (p["extensions"]["eventId"], p["data"]["robotStatus"]["status"]) for p in seen
     ]
-    stats = live.api.services.events.stats
+    stats = live.api.resources.events.stats
     assert stats["transport_lost"] >= 1 and stats["recovered"] >= 1
 
 
@@ -265,7 +264,7 @@ async def test_a_stream_subscribed_during_a_redis_outage_catches_up_once_redis_i
     redis_settings: Settings, redis_server: RedisServer
 ) -> None:
     async with Api.running(redis_settings) as api:
-        events, db = api.services.events, api.services.db
+        events, db = api.resources.events, api.resources.db
         names = [channels.bellows(DEV_FLEET)]
         seen = await commit(db, names, bellows(0))
         missed = await commit(db, names, bellows(1))
@@ -291,9 +290,9 @@ async def test_a_stream_subscribed_during_a_redis_outage_catches_up_once_redis_i
 async def test_a_subscriber_falling_behind_is_stopped_with_its_cursor_and_resumes_without_loss(
     redis_settings: Settings, redis_server: RedisServer
 ) -> None:
-    async with serving(replace(redis_settings, ws_queue_size=5)) as live:
+    async with serving(redis_settings.replace(ws_queue_size=5)) as live:
         init = await live.bearer()
-        db = live.api.services.db
+        db = live.api.resources.db
         names = [channels.bellows(DEV_FLEET)]
         async with connected(live.ws_url, init) as socket:
             async with socket.subscribe(BELLOWS, {"fleetId": DEV_FLEET}) as s:
@@ -318,7 +317,7 @@ async def test_a_subscriber_falling_behind_is_stopped_with_its_cursor_and_resume
                 replayed = [await result(resumed) for _ in burst]
                 with pytest.raises(TimeoutError):
                     await result(resumed, timeout=0.3)
-        overflowed = live.api.services.events.stats["overflowed"]
+        overflowed = live.api.resources.events.stats["overflowed"]
     [error] = stopped["errors"]
     assert error["extensions"] == {"code": "RATE_LIMITED", "after": str(first_id)}
     assert error["message"] == (

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
+from tests.seed_ids import ARM_PATTERN, ASSEMBLY_SEPULKA, DEMO_ID, DEVBOT_SEPULKA, SERVO, TEST_ID, VISION
 from tests.support import ADMIN, DEMO, DEV, TEST, Api
-
-DEVBOT = "50000000-0000-4000-8000-000000000001"
-WAREHOUSE = "50000000-0000-4000-8000-000000000002"
-ASSEMBLY = "50000000-0000-4000-8000-000000000003"
-ARM_PATTERN = "10000000-0000-4000-8000-000000000001"
-SERVO = "20000000-0000-4000-8000-000000000001"
-VISION = "20000000-0000-4000-8000-000000000002"
-DEMO_ID = "00000000-0000-4000-8000-000000000003"
-TEST_ID = "00000000-0000-4000-8000-000000000004"
 
 SEPULKAS = """
 query($filter: SepulkaFilter, $limit: Int, $offset: Int) {
@@ -85,7 +77,7 @@ async def test_sepulka_list_pages_deterministically(api: Api) -> None:
 
 
 async def test_sepulka_shows_pattern_alloys_ingots_and_creator(api: Api) -> None:
-    sepulka = (await api.data(SEPULKA, {"id": DEVBOT}))["sepulka"]
+    sepulka = (await api.data(SEPULKA, {"id": DEVBOT_SEPULKA}))["sepulka"]
     assert sepulka["status"] == "READY"
     assert sepulka["parameters"] == {"reach": 1.4, "payload": 12}
     assert sepulka["pattern"] == {"id": ARM_PATTERN, "name": "Industrial Arm - 6DOF"}
@@ -137,7 +129,7 @@ async def test_smith_forges_a_sepulka_with_alloys_in_one_go(api: Api) -> None:
     assert sorted(a["id"] for a in sepulka["alloys"]) == [SERVO, VISION]
     assert sepulka["createdBy"]["email"] == DEMO[0]
 
-    db = api.services.db
+    db = api.resources.db
     row = await db.fetchrow("SELECT * FROM sepulkas WHERE id = $1", sepulka["id"])
     assert (row["name"], row["status"], row["created_by"]) == ("Picker-9", "FORGING", DEMO_ID)
     alloys = await db.fetch("SELECT alloy_id FROM sepulka_alloys WHERE sepulka_id = $1", sepulka["id"])
@@ -150,7 +142,7 @@ async def test_smith_forges_a_sepulka_with_alloys_in_one_go(api: Api) -> None:
 
 
 async def test_forging_with_an_unknown_alloy_changes_nothing(api: Api) -> None:
-    db = api.services.db
+    db = api.resources.db
     before = await db.fetchval("SELECT count(*) FROM sepulkas")
     ghost = "20000000-0000-4000-8000-0000000000ff"
     payload = (await api.data(FORGE, {"input": {"name": "Ghost", "alloyIds": [SERVO, ghost]}}))[
@@ -175,7 +167,7 @@ async def test_forging_reports_missing_name_alloys_and_pattern(api: Api) -> None
     missing = (await api.data(FORGE, {"input": no_pattern}))["forgeSepulka"]
     assert missing["errors"][0]["code"] == "NOT_FOUND"
     assert missing["errors"][0]["field"] == "patternId"
-    assert await api.services.db.fetchval("SELECT count(*) FROM sepulkas WHERE name = 'X'") == 0
+    assert await api.resources.db.fetchval("SELECT count(*) FROM sepulkas WHERE name = 'X'") == 0
 
 
 async def test_forging_with_malformed_ids_is_bad_user_input(api: Api) -> None:
@@ -186,53 +178,60 @@ async def test_forging_with_malformed_ids_is_bad_user_input(api: Api) -> None:
 
 
 async def test_creator_soft_deletes_their_sepulka(api: Api) -> None:
-    payload = (await api.data(DELETE, {"id": ASSEMBLY}, as_=TEST))["deleteSepulka"]
+    payload = (await api.data(DELETE, {"id": ASSEMBLY_SEPULKA}, as_=TEST))["deleteSepulka"]
     assert payload == {"success": True, "errors": None}
-    db = api.services.db
-    assert await db.fetchval("SELECT deleted_at IS NOT NULL FROM sepulkas WHERE id = $1", ASSEMBLY)
+    db = api.resources.db
+    assert await db.fetchval("SELECT deleted_at IS NOT NULL FROM sepulkas WHERE id = $1", ASSEMBLY_SEPULKA)
     assert (
         await db.fetchval(
-            "SELECT smith_id FROM audit_logs WHERE action = 'deleteSepulka' AND resource_id = $1", ASSEMBLY
+            "SELECT smith_id FROM audit_logs WHERE action = 'deleteSepulka' AND resource_id = $1",
+            ASSEMBLY_SEPULKA,
         )
         == TEST_ID
     )
     assert "AssemblyBot-Test" not in names(await api.data(SEPULKAS))
-    assert (await api.data(SEPULKA, {"id": ASSEMBLY}))["sepulka"] is None
+    assert (await api.data(SEPULKA, {"id": ASSEMBLY_SEPULKA}))["sepulka"] is None
     # Deleting it again finds nothing.
-    again = (await api.data(DELETE, {"id": ASSEMBLY}, as_=TEST))["deleteSepulka"]
+    again = (await api.data(DELETE, {"id": ASSEMBLY_SEPULKA}, as_=TEST))["deleteSepulka"]
     assert again["success"] is False
     assert again["errors"][0]["code"] == "NOT_FOUND"
 
 
 async def test_only_the_creator_or_an_admin_may_delete(api: Api) -> None:
     # dev@ holds DELETE_SEPULKA through grants, but test@ created this sepulka.
-    refused = (await api.data(DELETE, {"id": ASSEMBLY}, as_=DEV))["deleteSepulka"]
+    refused = (await api.data(DELETE, {"id": ASSEMBLY_SEPULKA}, as_=DEV))["deleteSepulka"]
     assert refused["success"] is False
     assert refused["errors"][0]["code"] == "FORBIDDEN"
-    db = api.services.db
-    assert await db.fetchval("SELECT deleted_at FROM sepulkas WHERE id = $1", ASSEMBLY) is None
-    allowed = (await api.data(DELETE, {"id": ASSEMBLY}, as_=ADMIN))["deleteSepulka"]
+    db = api.resources.db
+    assert await db.fetchval("SELECT deleted_at FROM sepulkas WHERE id = $1", ASSEMBLY_SEPULKA) is None
+    allowed = (await api.data(DELETE, {"id": ASSEMBLY_SEPULKA}, as_=ADMIN))["deleteSepulka"]
     assert allowed == {"success": True, "errors": None}
-    assert await db.fetchval("SELECT deleted_at IS NOT NULL FROM sepulkas WHERE id = $1", ASSEMBLY)
+    assert await db.fetchval("SELECT deleted_at IS NOT NULL FROM sepulkas WHERE id = $1", ASSEMBLY_SEPULKA)
 
 
 async def test_smith_role_without_delete_permission_is_forbidden(api: Api) -> None:
     smith = await api.create_smith("forger@sepulki.com", "SMITH")
-    assert await api.error_codes(DELETE, {"id": ASSEMBLY}, as_=smith) == ["FORBIDDEN"]
-    assert await api.services.db.fetchval("SELECT deleted_at FROM sepulkas WHERE id = $1", ASSEMBLY) is None
+    assert await api.error_codes(DELETE, {"id": ASSEMBLY_SEPULKA}, as_=smith) == ["FORBIDDEN"]
+    assert (
+        await api.resources.db.fetchval("SELECT deleted_at FROM sepulkas WHERE id = $1", ASSEMBLY_SEPULKA)
+        is None
+    )
 
 
 async def test_sepulka_used_by_robots_cannot_be_deleted(api: Api) -> None:
-    payload = (await api.data(DELETE, {"id": DEVBOT}))["deleteSepulka"]
+    payload = (await api.data(DELETE, {"id": DEVBOT_SEPULKA}))["deleteSepulka"]
     assert payload["success"] is False
     assert payload["errors"][0]["code"] == "CONFLICT"
-    assert await api.services.db.fetchval("SELECT deleted_at FROM sepulkas WHERE id = $1", DEVBOT) is None
+    assert (
+        await api.resources.db.fetchval("SELECT deleted_at FROM sepulkas WHERE id = $1", DEVBOT_SEPULKA)
+        is None
+    )
 
 
 async def test_sepulka_with_a_deployed_ingot_cannot_be_deleted(api: Api) -> None:
     forged = (await api.data(FORGE, {"input": {"name": "Deployed", "alloyIds": [SERVO]}}))["forgeSepulka"]
     sepulka_id = forged["sepulka"]["id"]
-    db = api.services.db
+    db = api.resources.db
     await db.execute(
         "INSERT INTO ingots (sepulka_id, version, build_hash, status) "
         "VALUES ($1, '1.0.0', 'h-dep', 'DEPLOYED')",

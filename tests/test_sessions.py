@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,16 +15,16 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from app import sessions
-from app.pubsub import channels
+from app.core.channels import channels
 from app.sessions import announce, revoke_smith_sessions
 from app.settings import Settings
 from tests.live import Live, serving
+from tests.seed_ids import ALPHA, DEV_ID
 from tests.servers import RedisServer
 from tests.support import DEMO, DEV, LOGIN, Api
-from tests.test_subscriptions import DEVBOT_ALPHA, ROBOT_STATUS
+from tests.test_subscriptions import ROBOT_STATUS
 from tests.wsclient import Subscription, connected
 
-DEV_ID = "00000000-0000-4000-8000-000000000002"
 ME = "{ me { email } }"
 REFRESH = """
 mutation($t: String!) {
@@ -61,11 +60,11 @@ def sha256(token: str) -> str:
 
 
 async def session_row(api: Api, sid: str) -> dict[str, Any]:
-    return dict(await api.services.db.fetchrow("SELECT * FROM sessions WHERE id = $1", sid))
+    return dict(await api.resources.db.fetchrow("SELECT * FROM sessions WHERE id = $1", sid))
 
 
 async def audit_rows(api: Api, action: str) -> list[dict[str, Any]]:
-    rows = await api.services.db.fetch(
+    rows = await api.resources.db.fetch(
         "SELECT smith_id, resource_type, resource_id, changes FROM audit_logs WHERE action = $1 ORDER BY id",
         action,
     )
@@ -73,7 +72,7 @@ async def audit_rows(api: Api, action: str) -> list[dict[str, Any]]:
 
 
 async def revoked_events(api: Api) -> list[list[str]]:
-    rows = await api.services.db.fetch(
+    rows = await api.resources.db.fetch(
         "SELECT payload FROM event_log WHERE channels @> ARRAY[$1::text] ORDER BY id",
         channels.SESSIONS_REVOKED,
     )
@@ -87,7 +86,7 @@ async def test_refresh_rotates_the_token_and_stores_only_hashes(api: Api) -> Non
     first = await sign_in(api)
     stored = await session_row(api, first["id"])
     assert stored["refresh_token_hash"] == sha256(first["refreshToken"]) != first["refreshToken"]
-    week = timedelta(seconds=api.services.settings.refresh_token_ttl_s)
+    week = timedelta(seconds=api.resources.settings.refresh_token_ttl_s)
     assert week == timedelta(days=7)
     assert abs(stored["expires_at"] - (datetime.now(UTC) + week)) < timedelta(minutes=1)
 
@@ -99,7 +98,7 @@ async def test_refresh_rotates_the_token_and_stores_only_hashes(api: Api) -> Non
     assert (await api.data(ME, token=second["token"]))["me"]["email"] == DEV[0]
     rotated = await session_row(api, first["id"])
     assert rotated["refresh_token_hash"] == sha256(second["refreshToken"])
-    retired = await api.services.db.fetch("SELECT token_hash, session_id FROM retired_refresh_tokens")
+    retired = await api.resources.db.fetch("SELECT token_hash, session_id FROM retired_refresh_tokens")
     assert [tuple(row) for row in retired] == [(sha256(first["refreshToken"]), first["id"])]
     [audited] = await audit_rows(api, "refreshToken")
     assert (audited["smith_id"], audited["resource_id"]) == (DEV_ID, first["id"])
@@ -109,11 +108,11 @@ async def test_refresh_rotates_the_token_and_stores_only_hashes(api: Api) -> Non
 async def test_refresh_lifetime_comes_from_the_settings_and_an_expired_session_cannot_refresh(
     settings: Settings,
 ) -> None:
-    async with Api.running(replace(settings, refresh_token_ttl_s=3600)) as api:
+    async with Api.running(settings.replace(refresh_token_ttl_s=3600)) as api:
         session = await sign_in(api)
         stored = await session_row(api, session["id"])
         assert abs(stored["expires_at"] - (datetime.now(UTC) + timedelta(hours=1))) < timedelta(minutes=1)
-        await api.services.db.execute(
+        await api.resources.db.execute(
             "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE id = $1", session["id"]
         )
         answer = await refresh(api, session["refreshToken"])
@@ -164,7 +163,7 @@ async def test_two_concurrent_refreshes_with_one_token_count_as_reuse(api: Api) 
 
 async def test_a_deactivated_smith_cannot_refresh(api: Api) -> None:
     session = await sign_in(api)
-    await api.services.db.execute("UPDATE smiths SET is_active = false WHERE id = $1", DEV_ID)
+    await api.resources.db.execute("UPDATE smiths SET is_active = false WHERE id = $1", DEV_ID)
     answer = await refresh(api, session["refreshToken"])
     assert answer["session"] is None and answer["errors"][0]["code"] == "UNAUTHENTICATED"
     # Not rotated: the token still is the session's, nothing was retired.
@@ -216,7 +215,7 @@ async def test_long_ended_sessions_are_pruned_with_their_retired_tokens(api: Api
     recent_logout = await sign_in(api)
     long_expired = await sign_in(api)
     await refresh(api, old_logout["refreshToken"])  # leaves a retired token behind
-    db = api.services.db
+    db = api.resources.db
     await db.execute(
         "UPDATE sessions SET revoked_at = now() - interval '31 days' WHERE id = $1", old_logout["id"]
     )
@@ -285,14 +284,14 @@ async def closed_with(subscription: Subscription, within: float = 10) -> tuple[i
 
 async def still_open(live: Live, subscription: Subscription) -> None:
     """The subscription still receives what is published."""
-    row = await live.row("robots", DEVBOT_ALPHA) | {"status": "CHARGING"}
-    await live.publish(channels.robot(DEVBOT_ALPHA), row)
+    row = await live.row("robots", ALPHA) | {"status": "CHARGING"}
+    await live.publish(channels.robot(ALPHA), row)
     assert (await subscription.next())["robotStatus"]["status"] == "CHARGING"
 
 
 def watching(live: Live, sockets: int) -> Callable[[], bool]:
-    channel = channels.robot_status(DEVBOT_ALPHA)
-    return lambda: live.api.services.events.subscribers(channel) >= sockets
+    channel = channels.robot_status(ALPHA)
+    return lambda: live.api.resources.events.subscribers(channel) >= sockets
 
 
 @pytest.fixture
@@ -304,7 +303,7 @@ async def live(settings: Settings) -> Any:
 async def test_logout_over_http_closes_every_socket_of_that_session_and_only_those(live: Live) -> None:
     leaving = await sign_in(live.api)
     staying = await sign_in(live.api)
-    variables = {"robotId": DEVBOT_ALPHA}
+    variables = {"robotId": ALPHA}
     async with (
         connected(live.ws_url, {"authToken": leaving["token"]}) as tab_one,
         connected(live.ws_url, {"authorization": f"Bearer {leaving['token']}"}) as tab_two,
@@ -319,14 +318,14 @@ async def test_logout_over_http_closes_every_socket_of_that_session_and_only_tho
         assert await closed_with(second) == (4403, "Session revoked")
         await still_open(live, third)
     # With no signed-in socket left, the process stops listening for revocations.
-    await until(lambda: live.api.services.events.subscribers(channels.SESSIONS_REVOKED) == 0)
+    await until(lambda: live.api.resources.events.subscribers(channels.SESSIONS_REVOKED) == 0)
 
 
 async def test_revocations_from_password_change_revoke_session_and_token_reuse_close_sockets(
     live: Live,
 ) -> None:
     current, stale, lost, replayed = [await sign_in(live.api) for _ in range(4)]
-    variables = {"robotId": DEVBOT_ALPHA}
+    variables = {"robotId": ALPHA}
     async with (
         connected(live.ws_url, {"authToken": current["token"]}) as a,
         connected(live.ws_url, {"authToken": stale["token"]}) as b,
@@ -346,10 +345,10 @@ async def test_revocations_from_password_change_revoke_session_and_token_reuse_c
         await refresh(live.api, replayed["refreshToken"])
         assert await closed_with(by_reuse) == (4403, "Session revoked")
         # What changePassword does: every other session ends, in the caller's transaction.
-        services = live.api.services
-        async with services.db.acquire() as conn, conn.transaction():
+        resources = live.api.resources
+        async with resources.db.acquire() as conn, conn.transaction():
             revoked = await revoke_smith_sessions(conn, DEV_ID, reason="password_changed", keep=current["id"])
-        await announce(services.events, revoked)
+        await announce(resources.events, revoked)
         assert await closed_with(by_password) == (4403, "Session revoked")
         await still_open(live, kept)
     assert (await session_row(live.api, stale["id"]))["revoked_reason"] == "password_changed"
@@ -358,7 +357,7 @@ async def test_revocations_from_password_change_revoke_session_and_token_reuse_c
 @pytest.fixture
 def redis_settings(settings: Settings, redis_server: RedisServer) -> Settings:
     # Limiter counts stay per process: the Redis server outlives this test.
-    return replace(settings, broadcast_url=redis_server.url, rate_limit_storage_url="async+memory://")
+    return settings.replace(broadcast_url=redis_server.url, rate_limit_storage_url="async+memory://")
 
 
 async def test_a_logout_on_another_replica_closes_the_sockets_here(redis_settings: Settings) -> None:
@@ -366,7 +365,7 @@ async def test_a_logout_on_another_replica_closes_the_sockets_here(redis_setting
         session = await sign_in(here.api)
         async with (
             connected(here.ws_url, {"authToken": session["token"]}) as socket,
-            socket.subscribe(ROBOT_STATUS, {"robotId": DEVBOT_ALPHA}) as updates,
+            socket.subscribe(ROBOT_STATUS, {"robotId": ALPHA}) as updates,
         ):
             await until(watching(here, 1))
             assert (await there.api.data("mutation { logout }", token=session["token"]))["logout"] is True
@@ -380,13 +379,13 @@ async def test_a_session_revoked_unannounced_during_a_redis_outage_closes_its_so
         session = await sign_in(live.api)
         async with (
             connected(live.ws_url, {"authToken": session["token"]}) as socket,
-            socket.subscribe(ROBOT_STATUS, {"robotId": DEVBOT_ALPHA}) as updates,
+            socket.subscribe(ROBOT_STATUS, {"robotId": ALPHA}) as updates,
         ):
             await until(watching(live, 1))
             redis_server.stop()
             try:
                 # Whatever was published meanwhile may be lost: the sessions are checked at BACK.
-                await live.api.services.db.execute(
+                await live.api.resources.db.execute(
                     "UPDATE sessions SET revoked_at = now(), revoked_reason = 'deactivated' WHERE id = $1",
                     session["id"],
                 )

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,19 @@ import asyncpg
 import gmqtt
 import pytest
 
-from app import db
-from app.broker import running_broker
+from app.infra import db
+from app.infra.embedded_broker import running_broker
 from app.settings import Settings
 from app.simulator import SimConfig, Simulator, physics, robots
 from app.simulator.messages import Outcome, bad_telemetry, execute
 from app.simulator.physics import FLOOR_HEIGHT_M, FLOOR_WIDTH_M, RobotState
 from app.simulator.runner import publish
+from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02
 from tests.servers import MosquittoServer, _wait_for_port, free_port
 from tests.support import Api
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDED = [f"70000000-0000-4000-8000-00000000000{i}" for i in range(1, 5)]
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
+SEEDED = [ALPHA, BETA, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02]
 METRICS = {
     "BATTERY_SOC",
     "BATTERY_VOLTAGE",
@@ -433,8 +433,7 @@ async def test_sepulki_simulate_runs_from_the_command_line_against_mosquitto(
 
 def dev_settings(settings: Settings, simulate_robots: int) -> Settings:
     """What `sepulki dev` sets when SEPULKI_MQTT_URL is unset, on a free port."""
-    return replace(
-        settings,
+    return settings.replace(
         mqtt_url=f"mqtt://127.0.0.1:{free_port()}",
         mqtt_protocol=4,
         embedded_broker=True,
@@ -448,7 +447,7 @@ async def test_the_embedded_broker_starts_and_stops_with_the_app_and_carries_mqt
     dev = dev_settings(settings, simulate_robots=0)
     port = SimConfig(mqtt_url=dev.mqtt_url or "").address[1]
     async with Api.running(dev) as api:
-        assert api.services.components["broker"] is not None
+        assert api.resources.broker is not None
         async with watching(dev.mqtt_url or "", protocol=4) as watcher:
             publisher = gmqtt.Client("publisher")
             await publisher.connect("127.0.0.1", port, version=4)
@@ -474,11 +473,11 @@ async def test_dev_story_simulated_robots_telemetry_lands_in_postgres_through_th
     seeded robot has fresh telemetry rows and a fresh lastSeen; nothing else is running."""
     started = time.time()
     async with Api.running(dev_settings(settings, simulate_robots=4)) as api:
-        simulator = api.services.components["simulator"]
+        simulator = api.components.simulator
         assert sorted(member.id for member in simulator.members) == SEEDED
 
         async def fresh() -> dict[str, int]:
-            rows = await api.services.db.fetch(
+            rows = await api.resources.db.fetch(
                 "SELECT robot_id::text AS id, count(*) AS n FROM telemetry "
                 "WHERE received_at > to_timestamp($1) GROUP BY robot_id",
                 started,
@@ -489,7 +488,7 @@ async def test_dev_story_simulated_robots_telemetry_lands_in_postgres_through_th
         while not (counts := await fresh()) or min(counts.get(r, 0) for r in SEEDED) < 2:
             assert time.monotonic() < deadline, f"telemetry rows after 15 s: {counts}"
             await asyncio.sleep(0.25)
-        seen = await api.services.db.fetch(
+        seen = await api.resources.db.fetch(
             "SELECT id::text AS id, last_seen FROM robots WHERE id = ANY($1::uuid[])", SEEDED
         )
         assert all(row["last_seen"].timestamp() > started - 1 for row in seen)

@@ -12,20 +12,21 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.seed_ids import (
+    ALPHA,
+    ASSEMBLY_FLEET,
+    ASSEMBLY_SEPULKA,
+    DEV_FLEET,
+    DEV_FLOOR,
+    DEVBOT_INGOT,
+    FACTORY_A,
+    FACTORY_SIM,
+    PICK_RUN,
+    PICK_TASK,
+    SPEED_EDICT,
+    TEST_UNITS_FLEET,
+)
 from tests.support import Api
-
-ALPHA = "70000000-0000-4000-8000-000000000001"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-TEST_UNITS_FLEET = "40000000-0000-4000-8000-000000000004"
-FACTORY_SIM = "30000000-0000-4000-8000-000000000004"
-ASSEMBLY_FLEET = "40000000-0000-4000-8000-000000000001"
-FACTORY_A = "30000000-0000-4000-8000-000000000001"
-DEV_FLOOR = "b0000000-0000-4000-8000-000000000001"
-PICK_TASK = "80000000-0000-4000-8000-000000000001"
-PICK_RUN = "90000000-0000-4000-8000-000000000002"
-SPEED_EDICT = "a0000000-0000-4000-8000-000000000001"
-ASSEMBLY_SEPULKA = "50000000-0000-4000-8000-000000000003"
-INGOT = "60000000-0000-4000-8000-000000000001"
 
 
 async def ids(api: Api, query: str, variables: dict[str, Any] | None = None) -> list[str]:
@@ -39,14 +40,14 @@ TABLES = frozenset({"fleets", "robots", "tasks", "edicts", "sepulkas", "factory_
 
 async def deleted_at(api: Api, table: str, ident: str) -> Any:
     assert table in TABLES
-    row = await api.services.db.fetchrow(f"SELECT deleted_at FROM {table} WHERE id = $1", ident)
+    row = await api.resources.db.fetchrow(f"SELECT deleted_at FROM {table} WHERE id = $1", ident)
     assert row is not None, f"the {table} row {ident} was removed instead of marked"
     return row["deleted_at"]
 
 
 async def mark_deleted(api: Api, table: str, ident: str) -> None:
     assert table in TABLES
-    await api.services.db.execute(f"UPDATE {table} SET deleted_at = now() WHERE id = $1", ident)
+    await api.resources.db.execute(f"UPDATE {table} SET deleted_at = now() WHERE id = $1", ident)
 
 
 async def test_a_deleted_robot_leaves_every_list_and_nested_field(api: Api) -> None:
@@ -172,7 +173,7 @@ async def test_a_fleet_with_live_robots_cannot_be_deleted(api: Api) -> None:
 
 
 async def test_a_deleted_sepulka_and_its_ingots_disappear(api: Api) -> None:
-    ingot = await api.services.db.fetchval(
+    ingot = await api.resources.db.fetchval(
         "INSERT INTO ingots (sepulka_id, version, build_hash, status) "
         "VALUES ($1, '0.1.0', 'build_sd', 'READY') RETURNING id",
         ASSEMBLY_SEPULKA,
@@ -183,7 +184,7 @@ async def test_a_deleted_sepulka_and_its_ingots_disappear(api: Api) -> None:
     assert deleted["deleteSepulka"] == {"success": True, "errors": None}
 
     assert await deleted_at(api, "sepulkas", ASSEMBLY_SEPULKA) is not None
-    assert await api.services.db.fetchval("SELECT count(*) FROM ingots WHERE id = $1", ingot) == 1
+    assert await api.resources.db.fetchval("SELECT count(*) FROM ingots WHERE id = $1", ingot) == 1
     assert ASSEMBLY_SEPULKA not in await ids(api, "{ sepulkas(limit: 500) { id } }")
     assert (await api.data("query($id: ID!) { sepulka(id: $id) { id } }", {"id": ASSEMBLY_SEPULKA}))[
         "sepulka"
@@ -196,7 +197,7 @@ async def test_a_deleted_sepulka_and_its_ingots_disappear(api: Api) -> None:
     assert (await api.data("query($id: ID!) { ingot(id: $id) { id } }", {"id": ingot}))["ingot"] is None
     # Robots keep their current ingot whatever happens to other designs.
     robot = await api.data("query($id: ID!) { robot(id: $id) { currentIngot { id } } }", {"id": ALPHA})
-    assert robot["robot"]["currentIngot"] == {"id": INGOT}
+    assert robot["robot"]["currentIngot"] == {"id": DEVBOT_INGOT}
     cast = await api.data(
         "mutation($s: ID!) { castIngot(sepulkaId: $s) { errors { code } } }", {"s": ASSEMBLY_SEPULKA}
     )

@@ -10,25 +10,24 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from app import sse
+from app.core.channels import channels
+from app.infra.eventlog import record
 from app.ingest.pipeline import Pipeline
-from app.pubsub import channels, record
 from app.settings import Settings
+from app.web import sse
 from tests.live import Live, serving
+from tests.seed_ids import ALPHA, DEV_FLEET, MISSING_FLEET, WAREHOUSE_FLEET
 from tests.support import DEMO, DEV
-from tests.test_apikeys import ALPHA, create_key
+from tests.test_apikeys import create_key
 from tests.test_http_ingest import telemetry
 
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-WAREHOUSE_FLEET = "40000000-0000-4000-8000-000000000003"
-MISSING_FLEET = "40000000-0000-4000-8000-0000000000ff"
 WAIT_S = 5.0
 
 
@@ -112,13 +111,13 @@ def bellows(fleet_id: str, value: float) -> dict[str, Any]:
 
 
 async def latest_event_id(live: Live) -> int:
-    value: int = await live.api.services.db.fetchval("SELECT coalesce(max(id), 0) FROM event_log")
+    value: int = await live.api.resources.db.fetchval("SELECT coalesce(max(id), 0) FROM event_log")
     return value
 
 
 async def nobody_listens(live: Live, channel: str) -> None:
     deadline = time.monotonic() + WAIT_S
-    while live.api.services.events.subscribers(channel) > 0:
+    while live.api.resources.events.subscribers(channel) > 0:
         assert time.monotonic() < deadline, f"{channel} still has subscribers"
         await asyncio.sleep(0.01)
 
@@ -213,14 +212,14 @@ async def test_silence_is_filled_with_heartbeats_and_a_closed_client_is_let_go(
 
 
 async def test_the_stream_ends_when_the_token_expires(live: Live) -> None:
-    services = live.api.services
+    resources = live.api.resources
     token = await live.api.token(*DEV)
-    claims = services.tokens.verify(token)
+    claims = resources.tokens.verify(token)
     now = int(time.time())
     short = jwt.encode(
         {"sub": str(claims.smith_id), "sid": claims.session_id, "iat": now, "exp": now + 2},
-        services.settings.jwt_secret,
-        algorithm=services.settings.jwt_algorithm,
+        resources.settings.jwt_secret,
+        algorithm=resources.settings.jwt_algorithm,
     )
     async with open_stream(live, headers={"authorization": f"Bearer {short}"}) as stream:
         ending = await stream.next_event(within=5)
@@ -248,16 +247,16 @@ async def test_refusals_are_plain_http_errors_before_any_stream(live: Live) -> N
     assert (await status("/events/fleet/devbots", dev))[0] == 400
     assert (await status(f"/events/fleet/{DEV_FLEET}", dev | {"last-event-id": "yesterday"}))[0] == 400
     assert (await status(f"/events/fleet/{DEV_FLEET}", dev, lastEventId="-1"))[0] == 400
-    assert live.api.services.events.subscribers(channels.bellows(DEV_FLEET)) == 0
+    assert live.api.resources.events.subscribers(channels.bellows(DEV_FLEET)) == 0
 
 
 async def test_robot_posts_telemetry_over_http_and_the_dashboard_sees_it_over_sse(live: Live) -> None:
-    services = live.api.services
+    resources = live.api.resources
     started: Pipeline | None = None
-    if "pipeline" not in services.components:
-        started = Pipeline(services.db, services.events, services.settings)
+    if live.api.components.pipeline is None:
+        started = Pipeline(resources.db, resources.events, resources.settings)
         await started.start()
-        services.components["pipeline"] = started
+        live.api.components.pipeline = started
     try:
         key = (await create_key(live.api))["key"]
         params = {"lastEventId": str(await latest_event_id(live))}
@@ -270,10 +269,10 @@ async def test_robot_posts_telemetry_over_http_and_the_dashboard_sees_it_over_ss
             message = await stream.next_event()
     finally:
         if started is not None:
-            services.components.pop("pipeline", None)
+            live.api.components.pipeline = None
             await started.stop()
 
-    event_id = await services.db.fetchval(
+    event_id = await resources.db.fetchval(
         "SELECT max(id) FROM event_log WHERE $1 = ANY(channels)", channels.bellows(DEV_FLEET)
     )
     assert message.id == str(event_id)
@@ -287,15 +286,15 @@ async def test_a_dashboard_that_falls_behind_is_told_where_to_resume_and_loses_n
     settings: Settings,
 ) -> None:
     channel = channels.bellows(DEV_FLEET)
-    async with serving(replace(settings, ws_queue_size=2)) as live:
+    async with serving(settings.replace(ws_queue_size=2)) as live:
         headers = await live.bearer(DEV)
         start = await latest_event_id(live)
         async with open_stream(live, headers=headers, params={"lastEventId": str(start)}) as stream:
             await live.listening(channel)
             # Ten events reach the bus at once: more than the subscriber's queue of two holds.
-            async with live.api.services.db.acquire() as conn, conn.transaction():
+            async with live.api.resources.db.acquire() as conn, conn.transaction():
                 burst = [await record(conn, [channel], bellows(DEV_FLEET, float(i))) for i in range(10)]
-            await live.api.services.events.publish_recorded(burst)
+            await live.api.resources.events.publish_recorded(burst)
             received: list[Message] = []
             while (message := await stream.next_event()).event == "bellows":
                 received.append(message)

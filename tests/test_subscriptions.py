@@ -16,19 +16,12 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from app.pubsub import channels
+from app.core.channels import channels
 from app.settings import Settings
 from tests.live import Live, serving
+from tests.seed_ids import AISLE_TASK, ALPHA, BETA, DEV_FLEET, GEARBOX_TASK, SPEED_EDICT, WAREHOUSE_FLEET
 from tests.support import DEV
 from tests.wsclient import SubscriptionError, connected, subscribe
-
-DEVBOT_ALPHA = "70000000-0000-4000-8000-000000000001"
-DEVBOT_BETA = "70000000-0000-4000-8000-000000000002"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-WAREHOUSE_FLEET = "40000000-0000-4000-8000-000000000003"
-GEARBOX_TASK = "80000000-0000-4000-8000-000000000002"  # in DEV_FLEET
-AISLE_TASK = "80000000-0000-4000-8000-000000000003"  # in WAREHOUSE_FLEET
-SPEED_EDICT = "a0000000-0000-4000-8000-000000000001"
 
 ROBOT_STATUS = """
 subscription RobotStatus($robotId: ID) {
@@ -69,7 +62,7 @@ def breach(severity: str, message: str) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),
         "edict_id": SPEED_EDICT,
-        "robot_id": DEVBOT_ALPHA,
+        "robot_id": ALPHA,
         "fleet_id": DEV_FLEET,
         "severity": severity,
         "message": message,
@@ -80,12 +73,12 @@ def breach(severity: str, message: str) -> dict[str, Any]:
 
 async def test_operator_sees_devbot_alpha_change_status(live: Live) -> None:
     init = await live.bearer()
-    async with subscribe(live.ws_url, ROBOT_STATUS, {"robotId": DEVBOT_ALPHA}, init=init) as updates:
-        await live.listening(channels.robot_status(DEVBOT_ALPHA))
-        row = await live.row("robots", DEVBOT_ALPHA) | {"status": "ERROR", "battery_level": 12.5}
-        await live.publish([channels.robot_status(DEVBOT_ALPHA), channels.ROBOT_STATUS_ALL], row)
+    async with subscribe(live.ws_url, ROBOT_STATUS, {"robotId": ALPHA}, init=init) as updates:
+        await live.listening(channels.robot_status(ALPHA))
+        row = await live.row("robots", ALPHA) | {"status": "ERROR", "battery_level": 12.5}
+        await live.publish([channels.robot_status(ALPHA), channels.ROBOT_STATUS_ALL], row)
         robot = (await updates.next())["robotStatus"]
-    assert robot["id"] == DEVBOT_ALPHA
+    assert robot["id"] == ALPHA
     assert robot["name"] == "DevBot-Alpha"
     assert robot["fleetId"] == DEV_FLEET
     assert robot["status"] == "ERROR"
@@ -96,14 +89,14 @@ async def test_operator_sees_devbot_alpha_change_status(live: Live) -> None:
 async def test_operator_sees_the_status_set_by_update_robot_status(live: Live) -> None:
     init = await live.bearer()
     query = ROBOT_STATUS.replace("lastSeen }", "lastSeen currentIngot { id } }")
-    async with subscribe(live.ws_url, query, {"robotId": DEVBOT_ALPHA}, init=init) as updates:
-        await live.listening(channels.robot_status(DEVBOT_ALPHA))
-        changed = await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": DEVBOT_ALPHA, "status": "MAINTENANCE"})
+    async with subscribe(live.ws_url, query, {"robotId": ALPHA}, init=init) as updates:
+        await live.listening(channels.robot_status(ALPHA))
+        changed = await live.api.data(UPDATE_ROBOT_STATUS, {"robotId": ALPHA, "status": "MAINTENANCE"})
         assert changed["updateRobotStatus"]["status"] == "MAINTENANCE"
         robot = (await updates.next())["robotStatus"]
-    assert robot["id"] == DEVBOT_ALPHA
+    assert robot["id"] == ALPHA
     assert robot["status"] == "MAINTENANCE"
-    stored = await live.row("robots", DEVBOT_ALPHA)
+    stored = await live.row("robots", ALPHA)
     assert stored["status"] == "MAINTENANCE"
     assert robot["currentIngot"]["id"] == stored["current_ingot_id"]
 
@@ -112,13 +105,13 @@ async def test_sdk_auth_token_watches_every_robot(live: Live) -> None:
     init = {"authToken": await live.api.token(*DEV)}
     async with subscribe(live.ws_url, ROBOT_STATUS, init=init) as updates:
         await live.listening(channels.ROBOT_STATUS_ALL)
-        for robot_id, status in ((DEVBOT_ALPHA, "CHARGING"), (DEVBOT_BETA, "OFFLINE")):
+        for robot_id, status in ((ALPHA, "CHARGING"), (BETA, "OFFLINE")):
             row = await live.row("robots", robot_id) | {"status": status}
             await live.publish([channels.robot_status(robot_id), channels.ROBOT_STATUS_ALL], row)
         first = (await updates.next())["robotStatus"]
         second = (await updates.next())["robotStatus"]
-    assert (first["id"], first["status"]) == (DEVBOT_ALPHA, "CHARGING")
-    assert (second["id"], second["status"]) == (DEVBOT_BETA, "OFFLINE")
+    assert (first["id"], first["status"]) == (ALPHA, "CHARGING")
+    assert (second["id"], second["status"]) == (BETA, "OFFLINE")
 
 
 @pytest.mark.parametrize("key", ["authorization", "Authorization"])
@@ -139,7 +132,7 @@ async def test_forged_token_is_refused_with_4403(live: Live, key: str) -> None:
 async def test_expired_token_is_refused_with_4403(live: Live) -> None:
     now = int(time.time())
     claims = {"sub": "00000000-0000-4000-8000-000000000002", "sid": "x", "iat": now - 100, "exp": now - 10}
-    expired = jwt.encode(claims, live.api.services.settings.jwt_secret, algorithm="HS256")
+    expired = jwt.encode(claims, live.api.resources.settings.jwt_secret, algorithm="HS256")
     with pytest.raises(ConnectionClosed) as closed:
         async with connected(live.ws_url, {"authToken": expired}):
             pass
@@ -148,7 +141,7 @@ async def test_expired_token_is_refused_with_4403(live: Live) -> None:
 
 async def test_token_of_a_revoked_session_is_refused_with_4403(live: Live) -> None:
     token = await live.api.token(*DEV)
-    await live.api.services.db.execute(
+    await live.api.resources.db.execute(
         "UPDATE sessions SET revoked_at = now() WHERE smith_id = '00000000-0000-4000-8000-000000000002'"
     )
     with pytest.raises(ConnectionClosed) as closed:
@@ -159,7 +152,7 @@ async def test_token_of_a_revoked_session_is_refused_with_4403(live: Live) -> No
 
 async def test_socket_is_closed_with_4403_when_its_token_expires(live: Live) -> None:
     session_token = await live.api.token(*DEV)
-    settings = live.api.services.settings
+    settings = live.api.resources.settings
     claims = jwt.decode(session_token, settings.jwt_secret, algorithms=[settings.jwt_algorithm])
     # The same session, but a token that expires three seconds from now (slack for a loaded machine).
     short = jwt.encode(
@@ -167,26 +160,24 @@ async def test_socket_is_closed_with_4403_when_its_token_expires(live: Live) -> 
         settings.jwt_secret,
         algorithm=settings.jwt_algorithm,
     )
-    async with subscribe(
-        live.ws_url, ROBOT_STATUS, {"robotId": DEVBOT_ALPHA}, init={"authToken": short}
-    ) as updates:
-        await live.listening(channels.robot_status(DEVBOT_ALPHA))
+    async with subscribe(live.ws_url, ROBOT_STATUS, {"robotId": ALPHA}, init={"authToken": short}) as updates:
+        await live.listening(channels.robot_status(ALPHA))
         with pytest.raises(ConnectionClosed) as closed:
             await updates.next(timeout=10)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4403, "Token expired")
-    assert live.api.services.events.subscribers(channels.robot_status(DEVBOT_ALPHA)) == 0
+    assert live.api.resources.events.subscribers(channels.robot_status(ALPHA)) == 0
 
 
 async def test_anonymous_socket_is_accepted_but_robot_status_is_unauthenticated(live: Live) -> None:
     async with connected(live.ws_url) as connection:
-        async with connection.subscribe(ROBOT_STATUS, {"robotId": DEVBOT_ALPHA}) as updates:
+        async with connection.subscribe(ROBOT_STATUS, {"robotId": ALPHA}) as updates:
             errors = await updates.errors()
         # Public fields still work on the same socket.
         async with connection.subscribe("query { __typename }") as hello:
             assert await hello.next() == {"__typename": "Query"}
     assert [e["extensions"]["code"] for e in errors] == ["UNAUTHENTICATED"]
-    assert live.api.services.events.subscribers(channels.robot_status(DEVBOT_ALPHA)) == 0
+    assert live.api.resources.events.subscribers(channels.robot_status(ALPHA)) == 0
 
 
 async def test_smith_without_manage_fleet_cannot_watch_policy_breaches(live: Live) -> None:
@@ -241,7 +232,7 @@ async def test_critical_breach_watchers_do_not_get_warnings(live: Live) -> None:
     assert got == {
         "id": critical["id"],
         "edictId": SPEED_EDICT,
-        "robotId": DEVBOT_ALPHA,
+        "robotId": ALPHA,
         "fleetId": DEV_FLEET,
         "severity": "CRITICAL",
         "message": "Speed 2.7 m/s over the 2 m/s limit",
@@ -261,7 +252,7 @@ async def test_bellows_stream_delivers_fleet_telemetry_as_the_frontend_selects_i
                 "value": 81.5,
                 "unit": "%",
                 "timestamp": "2026-11-01T10:00:00+00:00",
-                "robot_id": DEVBOT_ALPHA,
+                "robot_id": ALPHA,
                 "battery_level": 81.5,
                 "health_score": 96.0,
                 "pose": pose,
@@ -270,7 +261,7 @@ async def test_bellows_stream_delivers_fleet_telemetry_as_the_frontend_selects_i
         "events": [
             {
                 "id": str(uuid.uuid4()),
-                "robot_id": DEVBOT_ALPHA,
+                "robot_id": ALPHA,
                 "type": "OBSTACLE",
                 "data": {"distance": 0.4},
                 "timestamp": "2026-11-01T10:00:01+00:00",
@@ -292,7 +283,7 @@ async def test_bellows_stream_delivers_fleet_telemetry_as_the_frontend_selects_i
             "name": "BATTERY_SOC",
             "value": 81.5,
             "timestamp": "2026-11-01T10:00:00+00:00",
-            "robotId": DEVBOT_ALPHA,
+            "robotId": ALPHA,
             "batteryLevel": 81.5,
             "healthScore": 96.0,
             "pose": pose,
@@ -302,7 +293,7 @@ async def test_bellows_stream_delivers_fleet_telemetry_as_the_frontend_selects_i
         {
             "timestamp": "2026-11-01T10:00:01+00:00",
             "type": "OBSTACLE",
-            "robotId": DEVBOT_ALPHA,
+            "robotId": ALPHA,
             "message": "Obstacle at 0.4 m",
         }
     ]
@@ -314,6 +305,6 @@ async def test_leaving_a_subscription_unsubscribes_from_the_bus(live: Live) -> N
         async with connection.subscribe(TASK_UPDATES, {"fleetId": DEV_FLEET}):
             await live.listening(channels.tasks(DEV_FLEET))
         deadline = time.monotonic() + 5
-        while live.api.services.events.subscribers(channels.tasks(DEV_FLEET)) > 0:
+        while live.api.resources.events.subscribers(channels.tasks(DEV_FLEET)) > 0:
             assert time.monotonic() < deadline, "the stream kept listening after complete"
             await asyncio.sleep(0.01)

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from app.pubsub import channels
+from app.core.channels import channels
+from tests.seed_ids import AISLE_TASK, ALPHA, BETA, DEV_FLEET, PICK_TASK, TEST_UNITS_FLEET
 from tests.support import DEMO, Api
-
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
-EMPTY_FLEET = "40000000-0000-4000-8000-000000000004"
-ALPHA = "70000000-0000-4000-8000-000000000001"
-BETA = "70000000-0000-4000-8000-000000000002"
-PICK_TASK = "80000000-0000-4000-8000-000000000001"
-DONE_TASK = "80000000-0000-4000-8000-000000000003"
 
 DISPATCH = """
 mutation($fleetId: ID!, $input: TaskInput!) {
@@ -58,7 +52,7 @@ async def test_dispatch_assigns_the_idle_robot_first_and_creates_a_run(api: Api)
     assert assignment["robotId"] == BETA and assignment["taskId"] == task["id"]
     assert assignment["confidence"] == 1.0 and assignment["estimatedDuration"] is None
 
-    db = api.services.db
+    db = api.resources.db
     assert await db.fetchval("SELECT status::text FROM robots WHERE id = $1", BETA) == "WORKING"
     row = await db.fetchrow("SELECT status::text AS status, fleet_id FROM tasks WHERE id = $1", task["id"])
     assert (row["status"], row["fleet_id"]) == ("ASSIGNED", DEV_FLEET)
@@ -68,12 +62,14 @@ async def test_dispatch_assigns_the_idle_robot_first_and_creates_a_run(api: Api)
 
 
 async def test_dispatch_to_a_fleet_without_robots_leaves_no_task_behind(api: Api) -> None:
-    before = await api.services.db.fetchval("SELECT count(*) FROM tasks")
-    body = await api.data(DISPATCH, {"fleetId": EMPTY_FLEET, "input": {"name": "Test", "type": "CUSTOM"}})
+    before = await api.resources.db.fetchval("SELECT count(*) FROM tasks")
+    body = await api.data(
+        DISPATCH, {"fleetId": TEST_UNITS_FLEET, "input": {"name": "Test", "type": "CUSTOM"}}
+    )
     payload = body["dispatchTask"]
     assert payload["task"] is None
     assert payload["errors"][0]["message"] == "No available robots in fleet"
-    assert await api.services.db.fetchval("SELECT count(*) FROM tasks") == before
+    assert await api.resources.db.fetchval("SELECT count(*) FROM tasks") == before
 
 
 async def test_dispatch_reports_unknown_fleet_missing_name_and_bad_id_in_the_payload(api: Api) -> None:
@@ -87,7 +83,7 @@ async def test_dispatch_reports_unknown_fleet_missing_name_and_bad_id_in_the_pay
         body = await api.data(DISPATCH, {"fleetId": fleet_id, "input": {"name": name, "type": "CUSTOM"}})
         [error] = body["dispatchTask"]["errors"]
         assert (error["code"], error["field"]) == (code, field)
-    assert await api.services.db.fetchval("SELECT count(*) FROM tasks") == 4
+    assert await api.resources.db.fetchval("SELECT count(*) FROM tasks") == 4
 
 
 async def test_smith_may_dispatch_but_not_cancel(api: Api) -> None:
@@ -106,7 +102,7 @@ async def test_cancel_releases_the_robot_cancels_runs_and_clears_the_active_task
     assert [r["status"] for r in task["runs"]] == ["CANCELLED"]
     assert task["runs"][0]["completedAt"] is not None
 
-    db = api.services.db
+    db = api.resources.db
     assert await db.fetchval("SELECT status::text FROM robots WHERE id = $1", ALPHA) == "IDLE"
     assert await db.fetchval("SELECT status::text FROM tasks WHERE id = $1", PICK_TASK) == "CANCELLED"
     assert await db.fetchval("SELECT active_task_id FROM fleets WHERE id = $1", DEV_FLEET) is None
@@ -118,11 +114,11 @@ async def test_dispatched_task_can_be_cancelled_and_frees_its_robot(api: Api) ->
     task_id = body["dispatchTask"]["task"]["id"]
     cancelled = (await api.data(CANCEL, {"id": task_id}))["cancelTask"]
     assert cancelled["runs"][0]["status"] == "CANCELLED"
-    assert await api.services.db.fetchval("SELECT status::text FROM robots WHERE id = $1", BETA) == "IDLE"
+    assert await api.resources.db.fetchval("SELECT status::text FROM robots WHERE id = $1", BETA) == "IDLE"
 
 
 async def test_robot_with_another_open_task_keeps_working_after_a_cancel(api: Api) -> None:
-    db = api.services.db
+    db = api.resources.db
     await db.execute(
         "INSERT INTO task_robots (task_id, robot_id) VALUES ('80000000-0000-4000-8000-000000000002', $1)",
         ALPHA,
@@ -132,10 +128,10 @@ async def test_robot_with_another_open_task_keeps_working_after_a_cancel(api: Ap
 
 
 async def test_cancelling_a_completed_task_is_a_conflict_and_unknown_is_not_found(api: Api) -> None:
-    body = await api.execute(CANCEL, {"id": DONE_TASK})
+    body = await api.execute(CANCEL, {"id": AISLE_TASK})
     assert body["errors"][0]["extensions"]["code"] == "CONFLICT"
     assert body["errors"][0]["message"] == "Task is already COMPLETED"
-    status = await api.services.db.fetchval("SELECT status::text FROM tasks WHERE id = $1", DONE_TASK)
+    status = await api.resources.db.fetchval("SELECT status::text FROM tasks WHERE id = $1", AISLE_TASK)
     assert status == "COMPLETED"
     unknown = "80000000-0000-4000-8000-000000000099"
     assert await api.error_codes(CANCEL, {"id": unknown}) == ["NOT_FOUND"]
@@ -155,7 +151,7 @@ async def test_tasks_filter_by_assigned_robot_and_status(api: Api) -> None:
 
 
 async def test_task_shows_run_metrics_from_the_stored_json(api: Api) -> None:
-    body = await api.data(TASK, {"id": DONE_TASK})
+    body = await api.data(TASK, {"id": AISLE_TASK})
     task = body["task"]
     assert task["type"] == "INSPECTION"
     assert task["createdBy"]["email"] == "demo@sepulki.com"
@@ -174,10 +170,10 @@ async def test_task_shows_run_metrics_from_the_stored_json(api: Api) -> None:
 
 
 async def test_run_metrics_counts_default_to_zero(api: Api) -> None:
-    await api.services.db.execute(
+    await api.resources.db.execute(
         "UPDATE runs SET metrics = '{\"accuracy\": 0.5}' WHERE id = '90000000-0000-4000-8000-000000000001'"
     )
-    body = await api.data(TASK, {"id": DONE_TASK})
+    body = await api.data(TASK, {"id": AISLE_TASK})
     metrics = body["task"]["runs"][0]["metrics"]
     assert (metrics["duration"], metrics["errors"], metrics["warnings"]) == (0, 0, 0)
     assert metrics["energyConsumed"] is None
@@ -187,7 +183,7 @@ async def test_runs_filter_by_robot_and_task(api: Api) -> None:
     query = "query($r: ID, $t: ID) { runs(robotId: $r, taskId: $t) { id taskId robotId status } }"
     by_robot = await api.data(query, {"r": ALPHA})
     assert [r["taskId"] for r in by_robot["runs"]] == [PICK_TASK]
-    by_task = await api.data(query, {"t": DONE_TASK})
+    by_task = await api.data(query, {"t": AISLE_TASK})
     assert [r["status"] for r in by_task["runs"]] == ["COMPLETED"]
     assert len((await api.data(query))["runs"]) == 2
     assert await api.error_codes(query, {"t": "x"}) == ["BAD_USER_INPUT"]
@@ -206,7 +202,7 @@ async def test_task_list_loads_relations_without_n_plus_one(api: Api) -> None:
 
 
 async def test_dispatch_announces_the_task_and_the_robot_after_commit(api: Api) -> None:
-    events = api.services.events
+    events = api.resources.events
     async with (
         events.subscribe(channels.tasks(DEV_FLEET)) as tasks,
         events.subscribe(channels.robot_status(BETA)) as robots,

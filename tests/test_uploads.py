@@ -7,10 +7,9 @@ from typing import Any
 
 import httpx
 
+from tests.seed_ids import ALPHA, DEV_FLEET
 from tests.support import ADMIN, Api
 
-ALPHA = "70000000-0000-4000-8000-000000000001"
-DEV_FLEET = "40000000-0000-4000-8000-000000000002"
 UPLOAD_PROGRAM = """
 mutation($file: Upload!, $robotId: ID, $fleetId: ID) {
   uploadProgram(file: $file, robotId: $robotId, fleetId: $fleetId) { success taskId errors { code } }
@@ -48,7 +47,7 @@ async def test_upload_program_with_a_file_answers_not_implemented(api: Api) -> N
     assert body["errors"][0]["message"] == "uploadProgram is not implemented yet"
     assert codes(response) == [("NOT_IMPLEMENTED", None)]
     # Nothing was created for the upload.
-    assert await api.services.db.fetchval("SELECT count(*) FROM tasks") == 4
+    assert await api.resources.db.fetchval("SELECT count(*) FROM tasks") == 4
 
 
 async def test_upload_route_to_a_fleet_answers_not_implemented(api: Api) -> None:

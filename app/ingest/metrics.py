@@ -140,14 +140,13 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_endpoint(services: Callable[[], Any]) -> Callable[[Request], Any]:
+def metrics_endpoint(current: Callable[[], IngestMetrics | None]) -> Callable[[Request], Any]:
     """GET /metrics of the API process: the counters of its pipeline (HTTP ingest, and MQTT
     ingest when it runs in the API)."""
 
     async def endpoint(_request: Request) -> Response:
-        current = services()
-        metrics = current.components.get("ingest_metrics") if current is not None else None
-        body = metrics.render() if isinstance(metrics, IngestMetrics) else ""
+        metrics = current()
+        body = metrics.render() if metrics is not None else ""
         return PlainTextResponse(body, media_type=CONTENT_TYPE)
 
     return endpoint

@@ -23,19 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 from gmqtt import Client, Subscription
-from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 
+from app.infra.mqtt import connect, connect_with_retry
 from app.ingest.messages import RawMessage, parse_topic
+from app.ingest.pipeline import Pipeline
 from app.settings import Settings
-
-if TYPE_CHECKING:
-    # Annotation only: app.commands imports this module, and the pipeline imports app.commands.
-    from app.ingest.pipeline import Pipeline
 
 log = logging.getLogger("sepulki.ingest.mqtt")
 
@@ -61,24 +56,6 @@ def topic_filters(protocol: int, share_group: str = SHARE_GROUP) -> list[str]:
     return [*SHARED_TOPICS, STATUS_TOPIC]
 
 
-def broker_address(url: str) -> tuple[str, int, ssl.SSLContext | bool, str | None, str | None]:
-    """mqtt://user:password@host:1883 or mqtts://host:8883 -> host, port, ssl, user, password."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (mqtt:// or mqtts://)")
-    secure = parts.scheme in ("mqtts", "ssl")
-    port = parts.port or (8883 if secure else 1883)
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return (
-        parts.hostname or "127.0.0.1",
-        port,
-        (ssl.create_default_context() if secure else False),
-        user,
-        password,
-    )
-
-
 class MqttIngest:
     """Consumes robot topics into the pipeline until stopped; reconnects on its own."""
 
@@ -95,7 +72,7 @@ class MqttIngest:
         if settings.mqtt_url is None:
             raise ValueError("SEPULKI_MQTT_URL is required for MQTT ingest")
         self._url = settings.mqtt_url
-        self._protocol = MQTTv50 if settings.mqtt_protocol >= 5 else MQTTv311
+        self._protocol = settings.mqtt_protocol
         self._pipeline = pipeline
         self._filters = topic_filters(settings.mqtt_protocol, share_group)
         # Messages in flight (received, not yet acknowledged): several batches' worth keeps the
@@ -162,20 +139,9 @@ class MqttIngest:
         await self.client.disconnect()
 
     async def _connect(self) -> None:
-        host, port, tls, user, password = broker_address(self._url)
-        if user is not None:
-            self.client.set_auth_credentials(user, password)
-        delay = 0.2
-        while True:
-            try:
-                await self.client.connect(host, port, ssl=tls, keepalive=KEEPALIVE_S, version=self._protocol)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("MQTT broker %s:%s not reachable (%s); retrying in %.1fs", host, port, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await connect_with_retry(
+            self.client, self._url, protocol=self._protocol, keepalive=KEEPALIVE_S, name="MQTT ingest"
+        )
 
     def _flow(self, *, pause: bool) -> None:
         """TCP backpressure: Mosquitto 2.0 keeps sending past our Receive Maximum once PUBACKs
@@ -278,11 +244,6 @@ async def forget_session(url: str, client_id: str, protocol: int = 5) -> None:
     """Ends a worker's persistent session on the broker: use it when retiring a worker for good.
     Mosquitto keeps routing a share of `$share` messages to an offline member of the group until its
     session expires; a session ended this way leaves the group at once."""
-    host, port, tls, user, password = broker_address(url)
     client = Client(client_id, clean_session=True, session_expiry_interval=0)
-    if user is not None:
-        client.set_auth_credentials(user, password)
-    await client.connect(
-        host, port, ssl=tls, keepalive=KEEPALIVE_S, version=MQTTv50 if protocol >= 5 else MQTTv311
-    )
+    await connect(client, url, protocol=protocol, keepalive=KEEPALIVE_S)
     await client.disconnect()

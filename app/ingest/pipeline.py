@@ -29,7 +29,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from app import commands
-from app.db import Pool
+from app.infra.bus import Events
+from app.infra.db import Pool
 from app.ingest.messages import (
     INVALID_TOPIC,
     KINDS,
@@ -44,7 +45,6 @@ from app.ingest.messages import (
 )
 from app.ingest.metrics import IngestMetrics
 from app.ingest.writer import ApplyAcks, Entry, Written, write_batch
-from app.pubsub import Events
 from app.settings import Settings
 
 log = logging.getLogger("sepulki.ingest")

@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import orjson
 
 from app.bellows import UNITS
+from app.core.channels import channels
+from app.infra.db import Connection
 from app.ingest.messages import (
     DUPLICATE,
     STORED,
@@ -49,7 +50,6 @@ from app.ingest.messages import (
     RobotEvent,
     Sample,
 )
-from app.pubsub import channels
 
 log = logging.getLogger("sepulki.ingest")
 
@@ -157,7 +157,7 @@ SELECT 'duplicate_event', NULL, NULL, NULL, e.robot_id, e.seq, NULL FROM e
 WHERE NOT EXISTS (SELECT FROM ins_e WHERE ins_e.robot_id = e.robot_id::uuid AND ins_e.seq = e.seq)
 """
 
-ApplyAcks = Callable[[asyncpg.Connection, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+ApplyAcks = Callable[[Connection, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 
 
 @dataclass(slots=True)
@@ -216,7 +216,7 @@ def _bellows(sample: Sample) -> str:
     return orjson.dumps(entries)[1:-1].decode()
 
 
-async def write_batch(conn: asyncpg.Connection, entries: list[Entry], apply_acks: ApplyAcks) -> Written:
+async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyAcks) -> Written:
     """Writes the batch (atomically: call it inside a transaction when it has acks); sets each
     entry's outcome and returns the events to publish once committed."""
     samples: list[Entry] = []
@@ -309,7 +309,7 @@ async def write_batch(conn: asyncpg.Connection, entries: list[Entry], apply_acks
 
 
 async def _apply_acks(
-    conn: asyncpg.Connection, entries: list[Entry], apply_acks: ApplyAcks
+    conn: Connection, entries: list[Entry], apply_acks: ApplyAcks
 ) -> list[dict[str, Any]]:
     acks: list[CommandAck] = [e.item for e in entries]  # type: ignore[misc]
     changes = await apply_acks(

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from app import apikeys, db
-from app.context import Services
+from app import apikeys
+from app.infra import db
+from app.resources import Resources
 from app.simulator.robots import NoRobots, SimRobot, by_ids, pick
 from app.simulator.runner import BrokerUnreachable, SimConfig, Simulator, Stats
 
@@ -42,15 +43,15 @@ LIVE_WINDOW_S = 30.0
 
 
 @contextlib.asynccontextmanager
-async def simulated_robots(services: Services) -> AsyncIterator[Simulator | None]:
+async def simulated_robots(resources: Resources) -> AsyncIterator[Simulator | None]:
     """`settings.simulate_robots` robots on the embedded broker, in the dev process only: the
     seeded robots first, so GraphiQL's subscriptions show live data out of the box."""
-    settings = services.settings
+    settings = resources.settings
     if not (settings.embedded_broker and settings.mqtt_url and settings.simulate_robots > 0):
         yield None
         return
     try:
-        robots = await pick(services.db, settings.simulate_robots)
+        robots = await pick(resources.db, settings.simulate_robots)
     except NoRobots as exc:  # an empty database (no seed): dev still serves, without robots
         log.warning("no simulated robots: %s", exc)
         yield None
@@ -64,11 +65,7 @@ async def simulated_robots(services: Services) -> AsyncIterator[Simulator | None
         offline_on_exit=False,
     )
     async with Simulator(robots, config) as simulator:
-        services.components["simulator"] = simulator
-        try:
-            yield simulator
-        finally:
-            services.components.pop("simulator", None)
+        yield simulator
 
 
 SIMULATOR_KEY_NAME = "sepulki simulate"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 
-from app.errors import Unavailable
+from app.core.errors import Unavailable
 from app.settings import Settings
 from app.simulator import BrokerUnreachable, NoRobots, Plan, SimConfig, simulate
 
@@ -30,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _broker(args: argparse.Namespace, settings: Settings) -> tuple[str, int]:
     """The broker and protocol: explicit arguments, else SEPULKI_MQTT_URL with its protocol, else
     the embedded broker of a running `sepulki dev` (MQTT 3.1.1)."""
-    if args.mqtt_url or settings.mqtt_url:
-        return args.mqtt_url or settings.mqtt_url, args.protocol or settings.mqtt_protocol
-    port = os.environ.get("SEPULKI_MQTT_PORT", "1883")
-    return f"mqtt://127.0.0.1:{port}", args.protocol or 4
+    url: str | None = args.mqtt_url or settings.mqtt_url
+    if url:
+        return url, args.protocol or settings.mqtt_protocol
+    return f"mqtt://127.0.0.1:{settings.mqtt_port}", args.protocol or 4
 
 
 def _raise_open_files_limit(robots: int) -> None:
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
         embedded = None
         dsn = settings.database_url
         if dsn is None:
-            from app.embedded import EmbeddedPostgres
+            from app.infra.embedded_postgres import EmbeddedPostgres
 
             # Shares the server of a running `sepulki dev` (pgserver counts its users).
             embedded = EmbeddedPostgres(settings.data_dir)

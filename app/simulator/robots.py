@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.db import Pool
+from app.infra.db import Pool
 
 ROBOTS = """
 SELECT id, name, fleet_id, status::text AS status, battery_level, last_pose

@@ -1,0 +1,4 @@
+"""The ASGI app: factory and lifespan, GraphQL app and error formatter, directives, query limits,
+HTTP security, SSE, websockets.
+
+Rule: may import any layer below; only the CLI imports it."""

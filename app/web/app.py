@@ -1,0 +1,158 @@
+"""The application factory: the lifespan opens the process's resources and runs the API role's
+components; routes, middleware and the GraphQL app are assembled here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from app import floors
+from app.context import Context, bearer_token, token_from_init_payload
+from app.infra import db, heap
+from app.ingest import http as http_ingest
+from app.ingest.metrics import IngestMetrics, metrics_endpoint
+from app.ingest.pipeline import Pipeline
+from app.resources import Resources, open_resources
+from app.settings import Settings
+from app.web import sse
+from app.web.connection import context_for
+from app.web.graphql_app import build_schema, create_graphql_app
+from app.web.http_security import BodySizeLimit, RequestRateLimit, SecurityHeaders
+from app.web.websocket import AuthenticatingWSHandler
+from app.workers import Running, run_components
+
+log = logging.getLogger("sepulki.server")
+
+
+class ResourcesHolder:
+    """Filled by the lifespan; requests read it."""
+
+    resources: Resources | None = None
+    running: Running | None = None
+
+    def pipeline(self) -> Pipeline | None:
+        return self.running.pipeline if self.running is not None else None
+
+    def ingest_metrics(self) -> IngestMetrics | None:
+        pipeline = self.pipeline()
+        return pipeline.metrics if pipeline is not None else None
+
+
+def _context_factory(holder: ResourcesHolder) -> Any:
+    def get_context(connection: HTTPConnection, _data: Any = None) -> Context:
+        # Never raises: an exception here would become an HTTP 500.
+        resources = holder.resources
+        assert resources is not None, "lifespan has not started"
+        if isinstance(connection, WebSocket):
+            token = connection.scope.get("sepulki.token")
+        else:
+            token = bearer_token(connection.headers.get("authorization"))
+        return context_for(resources, connection, token)
+
+    return get_context
+
+
+async def _on_ws_connect(websocket: WebSocket, payload: Any) -> None:
+    # Runs after AuthenticatingWSHandler accepted the token (or found none); the context factory
+    # reads it from the scope for every subscribe message of this socket.
+    websocket.scope["sepulki.token"] = token_from_init_payload(payload)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    query_observers: list[db.QueryObserver] | None = None,
+    caches: bool = True,
+    owns_process: bool = False,
+) -> Starlette:
+    """`owns_process`: the app is the only one in its process (`sepulki serve`/`dev`), so what
+    its startup built can be frozen out of the garbage collector's passes."""
+    settings = settings or Settings.from_env()
+    holder = ResourcesHolder()
+    schema = build_schema()
+    websockets = AuthenticatingWSHandler(lambda: holder.resources, on_connect=_on_ws_connect)
+    graphql = create_graphql_app(settings, schema, _context_factory(holder), websockets, caches=caches)
+    uploads_dir = settings.data_dir / "uploads"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with (
+            open_resources(settings, "api", query_observers=query_observers) as resources,
+            run_components(resources, "api") as running,
+        ):
+            holder.resources, holder.running = resources, running
+            if owns_process:
+                heap.settle()
+            log.info("Sepulki Hammer ready: http://%s:%s/graphql", settings.host, settings.port)
+            try:
+                yield
+            finally:
+                holder.resources = holder.running = None
+
+    async def health(_request: Request) -> JSONResponse:
+        resources = holder.resources
+        if resources is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        await resources.db.fetchval("SELECT 1")
+        return JSONResponse({"status": "ok"})
+
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    routes = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        Route("/health", health),
+        Route("/metrics", metrics_endpoint(holder.ingest_metrics)),
+        *http_ingest.routes(lambda: holder.resources, holder.pipeline),
+        *sse.routes(),
+        Mount("/uploads", StaticFiles(directory=Path(uploads_dir), check_dir=False), name="uploads"),
+    ]
+    # Outermost first: every answer, refusals included, carries the security and CORS headers.
+    middleware = [
+        Middleware(SecurityHeaders, production=settings.production),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=[
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "apollo-require-preflight",
+                "last-event-id",
+            ],
+            max_age=600,
+        ),
+        Middleware(GZipMiddleware, minimum_size=1024),
+        Middleware(
+            RequestRateLimit,
+            limiter=lambda: holder.resources.limiter if holder.resources else None,
+            paths=["/graphql"],
+        ),
+        Middleware(
+            BodySizeLimit,
+            limit=settings.max_body_bytes,
+            # An upload may carry the largest file a field accepts (blueprints) plus the operation.
+            upload_limit=floors.MAX_BLUEPRINT_BYTES + settings.max_body_bytes,
+            paths=["/graphql"],
+        ),
+    ]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.resources_holder = holder
+    app.state.schema = schema
+    # The executor class of subscriptions, with this app's shared results.
+    app.state.subscriptions = websockets.executor
+    return app

@@ -1,0 +1,322 @@
+"""The executable schema and the Ariadne ASGI app: GraphQL over HTTP, errors, the explorer."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ariadne import load_schema_from_path, make_executable_schema
+from ariadne.asgi import GraphQL
+from ariadne.asgi.handlers import GraphQLHTTPHandler, GraphQLTransportWSHandler
+from ariadne.exceptions import HttpError
+from ariadne.explorer import ExplorerGraphiQL, ExplorerHttp405
+from ariadne.explorer.explorer import Explorer as BaseExplorer
+from ariadne.graphql import graphql
+from ariadne.types import GraphQLResult
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationType,
+    get_operation_ast,
+    parse,
+)
+from graphql.validation import ASTValidationRule
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app.settings import ASSETS, Settings
+from app.web.directives import DIRECTIVES
+from app.web.http_security import (
+    GRAPHQL_RESPONSE_JSON,
+    JSON,
+    Negotiated,
+    graphql_error_body,
+    graphql_error_response,
+    negotiate,
+)
+from app.web.query_limits import QueryCache, alias_limit_rule, cost_map, cost_rule, depth_limit_rule
+
+SCHEMA_DIR = ASSETS / "schema"
+EXAMPLES = ASSETS / "client-examples" / "graphiql-default.graphql"
+
+
+def build_schema() -> GraphQLSchema:
+    from resolvers import bindables
+
+    type_defs = load_schema_from_path(str(SCHEMA_DIR))
+    return make_executable_schema(type_defs, *bindables, directives=DIRECTIVES, convert_names_case=True)
+
+
+# Ariadne logs every GraphQL error, user errors included; `error_formatter` already logs the
+# unexpected ones with their traceback, so Ariadne's copy is muted.
+_SILENT_ARIADNE_LOGGER = logging.getLogger("sepulki.graphql.ariadne")
+_SILENT_ARIADNE_LOGGER.addHandler(logging.NullHandler())
+_SILENT_ARIADNE_LOGGER.propagate = False
+
+class _Refused(Exception):
+    """A request that is not a well-formed GraphQL-over-HTTP request; answered with `status`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def _parameter_problem(data: Any) -> str | None:
+    """What makes `data` an invalid GraphQL-over-HTTP request, if anything."""
+    if not isinstance(data, dict):
+        return "Each operation must be a JSON object with a query"
+    query = data.get("query")
+    if not isinstance(query, str) or not query.strip():
+        return "The query parameter must be a non-empty string"
+    for name, kind, types in (
+        ("variables", "an object", dict),
+        ("operationName", "a string", str),
+        ("extensions", "an object", dict),
+    ):
+        value = data.get(name)
+        if value is not None and not isinstance(value, types):
+            return f"The {name} parameter must be {kind} or null"
+    return None
+
+
+def _charset(params: str) -> str:
+    """The charset parameter of a Content-Type's parameters; JSON is UTF-8 when none is given."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return "utf-8"
+
+
+def _settle(result: dict[str, Any], negotiated: Negotiated) -> int:
+    """The status of one operation's result.
+
+    Execution started when there is data, or a field error (it has a path) that nulled all of
+    it; parse, validation and variable coercion errors leave neither. A client that asked for
+    application/json gets 200 for every well-formed request (GraphQL over HTTP, legacy clients).
+    One asking for application/graphql-response+json gets 400 and no `data` entry when nothing
+    executed. One that accepts anything (*/*) gets what this API has always answered: 400 when
+    the document did not parse or validate, else 200 (`data: null` after a coercion error)."""
+    errors = result.get("errors") or []
+    executed = result.get("data") is not None or any(error.get("path") for error in errors)
+    if executed or negotiated.legacy:
+        return 200
+    if negotiated.media_type == GRAPHQL_RESPONSE_JSON:
+        result.pop("data", None)
+        return 400
+    return 200 if "data" in result else 400
+
+
+class HTTPHandler(GraphQLHTTPHandler):
+    """GraphQL over HTTP: application/graphql-response+json or application/json by the Accept
+    header; malformed requests 4xx; a request that executed answers 200 even when a field failed
+    (its errors say why); one that could not execute answers 400, or 200 to a client that asked
+    for application/json; mutations over GET 405; batches (JSON arrays) up to the configured cap."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.max_batch = settings.max_batch_operations
+        self.hide_suggestions = settings.production
+
+    async def graphql_http_server(self, request: Request) -> Response:
+        negotiated = negotiate(request.headers.get("accept"))
+        if negotiated is None:
+            return graphql_error_response(
+                406, f"Accept must allow {GRAPHQL_RESPONSE_JSON} or {JSON}", "BAD_USER_INPUT"
+            )
+        media = negotiated.media_type
+        try:
+            data = await self._read(request)
+            if isinstance(data, list):
+                return await self._batch(request, data, negotiated)
+            problem = _parameter_problem(data)
+            if problem:
+                raise _Refused(400, problem)
+            if request.method == "GET" and self._operation_type(data) not in (None, OperationType.QUERY):
+                message = "Only queries may be sent with GET; send mutations with POST"
+                raise _Refused(405, message, {"allow": "POST"})
+        except _Refused as refused:
+            return graphql_error_response(
+                refused.status, refused.message, "BAD_USER_INPUT", media_type=media, headers=refused.headers
+            )
+        _, result = await self.execute_graphql_query(request, data)
+        return self._respond(result, negotiated, _settle(result, negotiated))
+
+    async def _read(self, request: Request) -> Any:
+        if request.method == "GET":
+            try:
+                return self.extract_data_from_get_request(request)
+            except HttpError as error:
+                raise _Refused(400, error.message or "Malformed query string") from error
+        media, _, params = request.headers.get("content-type", "").partition(";")
+        media = media.strip().lower()
+        if media == JSON:
+            if _charset(params) not in {"utf-8", "utf8"}:
+                raise _Refused(415, "JSON request bodies must be UTF-8")
+            body = await request.body()
+            if not body.strip():
+                raise _Refused(400, 'The request body is empty; send {"query": ...}')
+            try:
+                return json.loads(body)
+            except (ValueError, RecursionError) as error:
+                raise _Refused(400, "The request body is not valid JSON") from error
+        if media == "multipart/form-data":
+            try:
+                return await self.extract_data_from_multipart_request(request)
+            except HttpError as error:
+                raise _Refused(400, error.message or "Malformed multipart request") from error
+        raise _Refused(415, f"Send {JSON} (or multipart/form-data for file uploads)")
+
+    async def _batch(self, request: Request, operations: list[Any], negotiated: Negotiated) -> Response:
+        if self.max_batch <= 1:
+            raise _Refused(400, "Batched requests are not accepted: send one operation per request")
+        if not operations or len(operations) > self.max_batch:
+            raise _Refused(400, f"A batch holds 1 to {self.max_batch} operations, not {len(operations)}")
+        results: list[dict[str, Any]] = []
+        status = 400
+        # One after the other: a batch must not take more of the pool than a single request.
+        for operation in operations:
+            problem = _parameter_problem(operation)
+            if problem:
+                results.append(graphql_error_body(problem, "BAD_USER_INPUT"))
+                continue
+            _, result = await self.execute_graphql_query(request, operation)
+            status = min(status, _settle(result, negotiated))
+            results.append(result)
+        return self._respond(results, negotiated, status)
+
+    def _operation_type(self, data: dict[str, Any]) -> OperationType | None:
+        try:
+            document = self.query_parser(None, data) if self.query_parser else parse(data["query"])
+        except GraphQLError:
+            return None  # execution reports the syntax error
+        operation = get_operation_ast(document, data.get("operationName"))
+        return operation.operation if operation else None
+
+    def _respond(self, result: Any, negotiated: Negotiated, status: int) -> Response:
+        return JSONResponse(result, status_code=status, media_type=f"{negotiated.media_type}; charset=utf-8")
+
+    async def execute_graphql_query(
+        self,
+        request: Any,
+        data: Any,
+        *,
+        context_value: Any = None,
+        query_document: DocumentNode | None = None,
+    ) -> GraphQLResult:
+        """Ariadne's, plus `hide_suggestions` for execution (variable coercion) errors."""
+        if context_value is None:
+            context_value = await self.get_context_for_request(request, data)
+        assert self.schema is not None
+        return await graphql(
+            self.schema,
+            data,
+            context_value=context_value,
+            root_value=self.root_value,
+            query_parser=self.query_parser,
+            query_validator=self.query_validator,
+            query_document=query_document,
+            validation_rules=self.validation_rules,
+            require_query=isinstance(request, Request) and request.method == "GET",
+            debug=self.debug,
+            introspection=self.introspection,
+            logger=self.logger,
+            error_formatter=self.error_formatter,
+            extensions=await self.get_extensions_for_request(request, context_value),
+            middleware=await self.get_middleware_for_request(request, context_value),
+            middleware_manager_class=self.middleware_manager_class,
+            execution_context_class=self.execution_context_class,
+            hide_suggestions=self.hide_suggestions,
+        )
+
+    async def render_explorer(self, request: Request, explorer: BaseExplorer) -> Response:
+        response = await super().render_explorer(request, explorer)
+        policy = getattr(explorer, "content_security_policy", None)
+        if policy and response.status_code == 200:
+            response.headers["content-security-policy"] = policy
+        return response
+
+
+EXPLORER_ASSETS = "https://esm.sh"
+
+
+class Explorer(ExplorerGraphiQL):
+    """GraphiQL with example operations and a pre-filled Authorization header to edit, served
+    with a Content-Security-Policy that admits exactly its inline scripts and its asset host."""
+
+    def __init__(self) -> None:
+        default_query = EXAMPLES.read_text() if EXAMPLES.exists() else "{ __typename }"
+        super().__init__(title="Sepulki Hammer GraphiQL", default_query=default_query)
+        headers = '{"Authorization": "Bearer <paste session.token from the login mutation>"}'
+        self.parsed_html = self.parsed_html.replace(
+            "defaultEditorToolsVisibility: true,",
+            f"defaultEditorToolsVisibility: true,\n          initialHeaders: '{headers}',\n"
+            "          shouldPersistHeaders: true,",
+        )
+        scripts = re.findall(r"<script[^>]*>(.*?)</script>", self.parsed_html, flags=re.DOTALL)
+        hashes = " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts
+        )
+        self.content_security_policy = "; ".join(
+            [
+                "default-src 'self'",
+                # data: the import map points one module at an empty data: URL.
+                f"script-src 'self' {EXPLORER_ASSETS} data: {hashes}",
+                # GraphiQL's editor injects its styles at run time.
+                f"style-src 'self' 'unsafe-inline' {EXPLORER_ASSETS}",
+                f"font-src 'self' data: {EXPLORER_ASSETS}",
+                "img-src 'self' data: blob:",
+                f"connect-src 'self' {EXPLORER_ASSETS}",
+                f"worker-src 'self' blob: {EXPLORER_ASSETS}",
+                "object-src 'none'",
+                "base-uri 'none'",
+                "form-action 'self'",
+                "frame-ancestors 'none'",
+            ]
+        )
+
+
+def create_graphql_app(
+    settings: Settings,
+    schema: GraphQLSchema,
+    context_value: Callable[..., Any],
+    websocket_handler: GraphQLTransportWSHandler,
+    *,
+    caches: bool = True,
+) -> GraphQL:
+    from app.web.errors import make_error_formatter
+
+    cache = QueryCache(
+        512 if caches else 0, max_tokens=settings.max_query_tokens, hide_suggestions=settings.production
+    )
+    limits = [depth_limit_rule(settings.max_query_depth), alias_limit_rule(settings.max_query_aliases)]
+    costs = cost_map(schema)
+
+    def rules(_context: Any, _document: DocumentNode, data: Any) -> list[type[ASTValidationRule]]:
+        variables = data.get("variables") if isinstance(data, dict) else None
+        variables = variables if isinstance(variables, dict) else {}
+        return [*limits, cost_rule(settings.max_query_cost, costs, variables)]
+
+    return GraphQL(
+        schema,
+        context_value=context_value,
+        query_parser=cache.parse,
+        query_validator=cache.validate,
+        validation_rules=rules,
+        debug=settings.debug,
+        introspection=not settings.production,
+        explorer=Explorer() if not settings.production else ExplorerHttp405(),
+        error_formatter=make_error_formatter(hide_suggestions=settings.production),
+        logger=_SILENT_ARIADNE_LOGGER,
+        http_handler=HTTPHandler(settings),
+        websocket_handler=websocket_handler,
+        execute_get_queries=True,
+    )

@@ -1,0 +1,237 @@
+"""HTTP-level protection of the API: security headers, the request body limit, the per-IP
+request rate limit, and GraphQL-shaped answers for requests refused before GraphQL runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import RateLimited
+from app.infra.ratelimit import RateLimiter
+
+log = logging.getLogger("sepulki.http")
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+
+# API answers are data, never documents: nothing may load, run or frame them.
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+HSTS = "max-age=31536000; includeSubDomains"
+BASE_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """The media type of the answer. `legacy`: the client named application/json (or sent no
+    Accept), so every well-formed request answers 200 as GraphQL-over-HTTP asks for such clients;
+    otherwise a request that could not execute answers 4xx."""
+
+    media_type: str
+    legacy: bool
+
+
+def negotiate(accept: str | None) -> Negotiated | None:
+    """Picks application/graphql-response+json or application/json from an Accept header by
+    quality (RFC 9110: the most specific range decides a type's quality); None when the client
+    accepts neither. On a tie the type the client named wins, the newer one when it named both,
+    and application/json for a bare wildcard, which older clients send."""
+    if accept is None or not accept.strip():
+        return Negotiated(JSON, legacy=True)
+    ranges: dict[str, float] = {}
+    for part in accept.split(","):
+        media, _, params = part.partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        media = media.strip().lower()
+        ranges[media] = max(quality, ranges.get(media, 0.0))
+
+    def quality_of(media: str) -> tuple[float, bool]:
+        for candidate in (media, "application/*", "*/*"):
+            if candidate in ranges:
+                return ranges[candidate], candidate == media
+        return 0.0, False
+
+    graphql_q, graphql_named = quality_of(GRAPHQL_RESPONSE_JSON)
+    json_q, json_named = quality_of(JSON)
+    if graphql_q <= 0 and json_q <= 0:
+        return None
+    if graphql_q > json_q or (graphql_q == json_q and graphql_named):
+        return Negotiated(GRAPHQL_RESPONSE_JSON, legacy=False)
+    return Negotiated(JSON, legacy=json_named)
+
+
+def _media_type_for(scope: Scope) -> str:
+    chosen = negotiate(Headers(scope=scope).get("accept"))
+    return chosen.media_type if chosen else JSON
+
+
+def graphql_error_body(message: str, code: str, **extensions: Any) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}
+
+
+def graphql_error_response(
+    status: int,
+    message: str,
+    code: str,
+    *,
+    media_type: str = JSON,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    """`{"errors": [{message, extensions: {code, ...}}]}` for a request refused before execution."""
+    body = graphql_error_body(message, code, **extensions)
+    return Response(
+        json.dumps(body, separators=(",", ":")).encode(),
+        status_code=status,
+        media_type=f"{media_type}; charset=utf-8",
+        headers=headers,
+    )
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP response; a response that set its own
+    Content-Security-Policy (the development explorer page) keeps it."""
+
+    def __init__(self, app: ASGIApp, *, production: bool) -> None:
+        self.app = app
+        self.headers = dict(BASE_HEADERS)
+        if production:
+            # Production sits behind TLS; development runs on plain http://localhost.
+            self.headers["strict-transport-security"] = HSTS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    headers[name] = value
+                if "content-security-policy" not in headers:
+                    headers["content-security-policy"] = API_CSP
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _BodyTooLarge(Exception):
+    """Raised from `receive` once the streamed body passes the limit; never a ValueError, so no
+    body parser mistakes it for malformed input."""
+
+
+class BodySizeLimit:
+    """Refuses bodies over `limit` bytes on `paths` with 413 (multipart uploads: `upload_limit`):
+    a declared Content-Length before anything is read, a chunked body as soon as its running
+    total passes the limit."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, upload_limit: int, paths: Collection[str]) -> None:
+        self.app = app
+        self.json_limit = limit
+        self.upload_limit = upload_limit
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        multipart = headers.get("content-type", "").lower().startswith("multipart/")
+        limit = self.upload_limit if multipart else self.json_limit
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send, limit)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = graphql_error_response(
+            413,
+            f"Request body larger than {limit} bytes",
+            "PAYLOAD_TOO_LARGE",
+            media_type=_media_type_for(scope),
+            headers={"connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+class RequestRateLimit:
+    """Counts every HTTP request to `paths` per client IP under the limiter's `request_ip` rule;
+    past it answers 429 with Retry-After. CORS preflights are not counted."""
+
+    def __init__(
+        self, app: ASGIApp, *, limiter: Callable[[], RateLimiter | None], paths: Collection[str]
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limiter = self.limiter()
+        if (
+            limiter is None
+            or scope["type"] != "http"
+            or scope["path"] not in self.paths
+            or scope["method"] == "OPTIONS"
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        try:
+            await limiter.hit("request_ip", ip, "Too many requests from this address; retry later")
+        except RateLimited as exc:
+            response = graphql_error_response(
+                429,
+                exc.message,
+                exc.code,
+                media_type=_media_type_for(scope),
+                headers={"retry-after": str(exc.retry_after)},
+                retryAfter=exc.retry_after,
+            )
+            await response(scope, receive, send)
+            return
+        except Exception as exc:
+            # A coarse abuse guard must not take the API down with its storage (Redis): fail open.
+            log.warning("request rate limit unavailable, request let through: %r", exc)
+        await self.app(scope, receive, send)

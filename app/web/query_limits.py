@@ -1,0 +1,232 @@
+"""What a GraphQL document may ask: parse and validation caches, and the depth, alias and cost
+limits that run on every request."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections import OrderedDict
+from collections.abc import Collection
+from typing import Any, TypedDict
+
+from ariadne.validation.query_cost import CostValidator
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    get_named_type,
+    get_nullable_type,
+    is_composite_type,
+    is_list_type,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.validation import ASTValidationRule, ValidationContext
+
+from app.core.validation import DEFAULT_LIMIT, MAX_LIMIT
+
+
+class _ValidateOptions(TypedDict):
+    max_errors: int | None
+    hide_suggestions: bool
+
+
+class QueryCache:
+    """Parse once per distinct query text, validate once per parsed document (LRU-bounded).
+    Also where the token limit and the suggestion switch apply, so every parse goes through it;
+    `size=0` turns the caching off."""
+
+    # Longer texts are parsed every time: the cache must not hold hundreds of 1 MiB strings.
+    MAX_CACHED_CHARS = 64 * 1024
+
+    def __init__(
+        self, size: int = 512, *, max_tokens: int | None = None, hide_suggestions: bool = False
+    ) -> None:
+        self._size = size
+        self._max_tokens = max_tokens
+        self._hide_suggestions = hide_suggestions
+        self._documents: OrderedDict[str, DocumentNode] = OrderedDict()
+        self._errors: dict[int, list[GraphQLError]] = {}
+
+    def parse(self, _context: Any, data: dict[str, Any]) -> DocumentNode:
+        query: str = data["query"]
+        document = self._documents.get(query)
+        if document is not None:
+            self._documents.move_to_end(query)
+            return document
+        # Comments are not lexical tokens: they get the same bound on their own.
+        document = parse(query, max_lexical_tokens=self._max_tokens, max_comments=self._max_tokens)
+        if self._size > 0 and len(query) <= self.MAX_CACHED_CHARS:
+            self._documents[query] = document
+            if len(self._documents) > self._size:
+                _, evicted = self._documents.popitem(last=False)
+                self._errors.pop(id(evicted), None)
+        return document
+
+    def validate(
+        self,
+        schema: GraphQLSchema,
+        document_ast: DocumentNode,
+        rules: Collection[type[ASTValidationRule]] | None = None,
+        max_errors: int | None = None,
+        type_info: Any = None,
+    ) -> list[GraphQLError]:
+        """The specified rules are cached per document; our own limits (cost depends on the
+        request's variables) run on every request."""
+        chosen = list(rules) if rules is not None else list(specified_rules)
+        standard = [rule for rule in chosen if rule in _SPECIFIED]
+        extra = [rule for rule in chosen if rule not in _SPECIFIED]
+        options: _ValidateOptions = {"max_errors": max_errors, "hide_suggestions": self._hide_suggestions}
+        key = id(document_ast)
+        errors = self._errors.get(key)
+        if errors is None:
+            errors = validate(schema, document_ast, rules=standard, **options)
+            if self._documents.get(_query_of(document_ast)) is document_ast:
+                self._errors[key] = errors
+        if errors or not extra:
+            return errors
+        return validate(schema, document_ast, rules=extra, **options)
+
+
+def _query_of(document: DocumentNode) -> str:
+    return document.loc.source.body if document.loc else ""
+
+
+_SPECIFIED = frozenset(specified_rules)
+
+
+class _FragmentMeasure(ASTValidationRule):
+    """Measures each operation through its fragments, each fragment once (a spread repeated at
+    every level must not make validation itself exponential)."""
+
+    def __init__(self, context: ValidationContext) -> None:
+        super().__init__(context)
+        self._fragments = {
+            d.name.value: d for d in context.document.definitions if isinstance(d, FragmentDefinitionNode)
+        }
+        self._measured: dict[str, int] = {}
+
+    @abstractmethod
+    def measure_field(self, field: FieldNode, inner: int) -> int:
+        """A field's value, given `inner`, the value of what it selects."""
+
+    @abstractmethod
+    def combine(self, values: list[int]) -> int:
+        """The value of a selection set from those of its selections."""
+
+    def measure(self, selection_set: SelectionSetNode | None, visiting: frozenset[str] = frozenset()) -> int:
+        if selection_set is None:
+            return 0
+        values = []
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                values.append(self.measure_field(selection, self.measure(selection.selection_set, visiting)))
+            elif isinstance(selection, InlineFragmentNode):
+                values.append(self.measure(selection.selection_set, visiting))
+            elif isinstance(selection, FragmentSpreadNode):
+                values.append(self._fragment(selection.name.value, visiting))
+        return self.combine(values)
+
+    def _fragment(self, name: str, visiting: frozenset[str]) -> int:
+        if name in self._measured:
+            return self._measured[name]
+        fragment = self._fragments.get(name)
+        if fragment is None or name in visiting:
+            return 0  # unknown or cyclic: the specified rules report those
+        value = self.measure(fragment.selection_set, visiting | {name})
+        self._measured[name] = value
+        return value
+
+
+def depth_limit_rule(max_depth: int) -> type[ASTValidationRule]:
+    class DepthLimit(_FragmentMeasure):
+        def measure_field(self, field: FieldNode, inner: int) -> int:
+            return inner + 1 if field.selection_set is not None else 0
+
+        def combine(self, values: list[int]) -> int:
+            return max(values, default=0)
+
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            depth = self.measure(node.selection_set)
+            if depth > max_depth:
+                self.report_error(
+                    GraphQLError(f"Query depth {depth} exceeds the maximum of {max_depth}", node)
+                )
+
+    return DepthLimit
+
+
+def alias_limit_rule(max_aliases: int) -> type[ASTValidationRule]:
+    """Aliases let one small document ask for the same costly field many times over."""
+
+    class AliasLimit(_FragmentMeasure):
+        def measure_field(self, field: FieldNode, inner: int) -> int:
+            return inner + (1 if field.alias is not None else 0)
+
+        def combine(self, values: list[int]) -> int:
+            return sum(values)
+
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            aliases = self.measure(node.selection_set)
+            if aliases > max_aliases:
+                self.report_error(
+                    GraphQLError(f"The operation uses {aliases} aliases; the maximum is {max_aliases}", node)
+                )
+
+    return AliasLimit
+
+
+PAGE_ARGUMENTS = ("limit", "first")
+
+
+def cost_map(schema: GraphQLSchema) -> dict[str, dict[str, Any]]:
+    """Ariadne `cost_map` for every object type: a list of objects costs one per item its parents
+    may return, and a list with a page argument (`limit`, `first`) multiplies the cost of what
+    it selects by its page size, at any depth."""
+    costs: dict[str, dict[str, Any]] = {}
+    for name, type_ in schema.type_map.items():
+        if name.startswith("__") or not isinstance(type_, GraphQLObjectType):
+            continue
+        fields: dict[str, Any] = {}
+        for field_name, field in type_.fields.items():
+            pages = [arg for arg in PAGE_ARGUMENTS if arg in field.args]
+            if pages:
+                fields[field_name] = {"complexity": 1, "multipliers": pages}
+            elif is_list_type(get_nullable_type(field.type)) and is_composite_type(
+                get_named_type(field.type)
+            ):
+                fields[field_name] = {"complexity": 1}
+        if fields:
+            costs[name] = fields
+    return costs
+
+
+class PagedCost(CostValidator):
+    """Ariadne's cost analysis, counting the page a list will actually serve: DEFAULT_LIMIT when
+    the page argument is omitted, at most MAX_LIMIT for `limit` (app.validation.page)."""
+
+    def get_multipliers_from_string(self, multipliers: list[str], field_args: dict) -> list[int]:
+        args = dict(field_args)
+        for name in multipliers:
+            if args.get(name) is None:
+                args[name] = DEFAULT_LIMIT
+        if isinstance(args.get("limit"), int):
+            args["limit"] = min(args["limit"], MAX_LIMIT)
+        return super().get_multipliers_from_string(multipliers, args)
+
+
+def cost_rule(
+    maximum: int, costs: dict[str, dict[str, Any]], variables: dict[str, Any]
+) -> type[ASTValidationRule]:
+    class QueryCost(PagedCost):
+        def __init__(self, context: ValidationContext) -> None:
+            super().__init__(context, maximum, default_cost=1, variables=variables, cost_map=costs)
+
+    return QueryCost

@@ -1,0 +1,66 @@
+"""Periodic jobs every API replica runs: event-log retention, pruning of ended sessions, and the
+reconciliation of robots' broker accounts with their API keys. Each is idempotent, so replicas
+need no lock between them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from app import apikeys, sessions
+from app.core.errors import Unavailable
+from app.infra import eventlog
+from app.infra.db import periodically
+from app.resources import Resources
+
+log = logging.getLogger("sepulki.housekeeping")
+
+
+@contextlib.asynccontextmanager
+async def event_log_retention(resources: Resources, every_s: float = 60.0) -> AsyncIterator[None]:
+    """Prunes the event log every minute (SEPULKI_EVENT_RETENTION_S; 0 keeps it forever)."""
+    keep_s = resources.settings.event_retention_s
+    if keep_s <= 0:
+        yield
+        return
+
+    async def prune_once() -> None:
+        deleted = await eventlog.prune(resources.db, keep_s)
+        if deleted:
+            log.info("pruned %d events older than %ds", deleted, keep_s)
+
+    async with periodically("event log pruning", every_s, prune_once):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def session_pruning(resources: Resources, every_s: float = 3600.0) -> AsyncIterator[None]:
+    """Prunes long-ended sessions and spent reset tokens hourly."""
+
+    async def prune_once() -> None:
+        deleted = await sessions.prune(resources.db)
+        if any(deleted):
+            log.info("pruned %d ended sessions and %d spent reset tokens", *deleted)
+
+    async with periodically("session pruning", every_s, prune_once):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def broker_account_reconciler(resources: Resources, every_s: float = 60.0) -> AsyncIterator[None]:
+    """Deletes robots' broker accounts of unusable keys every minute, when
+    SEPULKI_MQTT_ADMIN_URL is set (deleting an account twice is harmless)."""
+    admin_url = resources.settings.mqtt_admin_url
+    if not admin_url:
+        yield
+        return
+
+    async def once() -> None:
+        try:
+            await apikeys.reconcile_broker_accounts(resources.db, admin_url)
+        except Unavailable as exc:
+            log.warning("robot MQTT account reconcile skipped: %s", exc)
+
+    async with periodically("robot MQTT account reconcile", every_s, once):
+        yield
