@@ -295,7 +295,7 @@ async def baseline(port: int, robots: list[str], total: int, n: int) -> float:
 
 async def _work(dsn: str, url: str, k: int, batch_size: int, batch_ms: int, state: Any, stop: Any) -> None:
     settings = Settings(
-        env="bench",
+        env="development",
         database_url=dsn,
         mqtt_url=url,
         mqtt_client_id=f"bench-ingest-{k}",
