@@ -1,5 +1,5 @@
-"""Accounts: invitations and sign-up, password reset and change, profiles, and the admin's
-controls over smiths (role, deactivation). Sessions themselves are app.sessions' business.
+"""Accounts: invitations and sign-up, password reset and change, profiles. The admin's controls
+over smiths (role, deactivation) are app.smith_admin's; sessions themselves are app.sessions'.
 
 Tokens of invitation and reset links are 256-bit random values, stored as their SHA-256 only, and
 appear nowhere but in the mail: not in a response, an audit row or a log line.
@@ -20,13 +20,13 @@ from app import audit
 from app.context import Context, Viewer
 from app.core import password_policy
 from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited
-from app.core.validation import parse_id, required_text
-from app.infra.db import Connection, Pool, returned
+from app.core.validation import required_text
+from app.infra.db import returned
 from app.infra.eventlog import Recorded
 from app.infra.logs import mask_email
 from app.infra.mail import Mailer, MailError
 from app.infra.security import new_secret, secret_digest
-from app.sessions import announce, clear_login_failures, permissions_changed, revoke_smith_sessions, sign_in
+from app.sessions import announce, clear_login_failures, revoke_smith_sessions, sign_in
 from app.smiths import SMITH_BY_EMAIL, SMITH_COLUMNS, smith_view
 
 log = logging.getLogger("sepulki.accounts")
@@ -39,10 +39,6 @@ INVALID_INVITATION = "This invitation is invalid, has expired or was already use
 INVALID_RESET = "This reset link is invalid, has expired or was already used"
 LOCKED = "Too many failed password attempts; try again later"
 
-LIST_SMITHS = (
-    f"SELECT {SMITH_COLUMNS} FROM smiths WHERE deleted_at IS NULL "  # noqa: S608
-    "ORDER BY created_at DESC, id LIMIT $1 OFFSET $2"
-)
 # Deleted rows included: the unique index on lower(email) covers them too.
 EMAIL_TAKEN = "SELECT EXISTS (SELECT 1 FROM smiths WHERE lower(email) = lower($1))"
 INSERT_SMITH = (
@@ -92,21 +88,6 @@ UPDATE_PROFILE = (
     "UPDATE smiths SET name = COALESCE($2, name), preferences = COALESCE($3::jsonb, preferences) "  # noqa: S608
     f"WHERE id = $1 RETURNING {SMITH_COLUMNS}"
 )
-# Locked in id order before any change of role or activity, so that two admins demoting or
-# deactivating each other at once cannot both pass the "one active admin remains" check.
-LOCK_ACTIVE_ADMINS = (
-    "SELECT id FROM smiths WHERE role = 'ADMIN' AND is_active AND deleted_at IS NULL ORDER BY id FOR UPDATE"
-)
-LOCK_SMITH = f"SELECT {SMITH_COLUMNS} FROM smiths WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"  # noqa: S608
-# Individual grants go with a role change: afterwards the smith holds exactly the role's permissions.
-SET_ROLE = (
-    "UPDATE smiths SET role = $2::smith_role, permissions = '{}' "  # noqa: S608
-    f"WHERE id = $1 RETURNING {SMITH_COLUMNS}"
-)
-DEACTIVATE = (
-    "UPDATE smiths SET is_active = false, deactivated_at = COALESCE(deactivated_at, now()) "  # noqa: S608
-    f"WHERE id = $1 RETURNING {SMITH_COLUMNS}"
-)
 
 
 class MailNotSent(DomainError):
@@ -128,10 +109,6 @@ def _link(ctx: Context, path: str, query: str) -> str:
 
 def _ip(ctx: Context) -> str:
     return ctx.client_ip or "unknown"
-
-
-async def list_smiths(pool: Pool, limit: int, offset: int) -> list[dict[str, Any]]:
-    return [smith_view(r) for r in await pool.fetch(LIST_SMITHS, limit, offset)]
 
 
 # Invitations and sign-up
@@ -297,7 +274,7 @@ async def confirm_password_reset(ctx: Context, token: str, new_password: str) ->
             raise Invalid(INVALID_RESET, field="token")
         await conn.execute(USE_ALL_RESETS, smith_id)
         revoked = await revoke_smith_sessions(conn, smith_id, reason="password_reset")
-        changes = {"password": "reset", "sessionsRevoked": _count(revoked)}
+        changes = {"password": "reset", "sessionsRevoked": revoked_count(revoked)}
         await audit.record(conn, ctx, smith_id, "confirmPasswordReset", "Smith", smith_id, changes)
     await announce(ctx.events, revoked)
     # Whoever holds the mailbox proved who they are: a lockout from earlier guesses ends.
@@ -327,13 +304,13 @@ async def change_password(ctx: Context, viewer: Viewer, old: str, new: str) -> d
         revoked = await revoke_smith_sessions(
             conn, viewer.id, reason="password_changed", keep=viewer.session_id
         )
-        changes = {"password": "changed", "sessionsRevoked": _count(revoked)}
+        changes = {"password": "changed", "sessionsRevoked": revoked_count(revoked)}
         await audit.record(conn, ctx, viewer.id, "changePassword", "Smith", viewer.id, changes)
     await announce(ctx.events, revoked)
     return smith_view(row)
 
 
-def _count(revoked: Recorded | None) -> int:
+def revoked_count(revoked: Recorded | None) -> int:
     return len(revoked.payload["sessionIds"]) if revoked is not None else 0
 
 
@@ -362,64 +339,4 @@ async def update_profile(ctx: Context, viewer: Viewer, data: dict[str, Any]) -> 
         if preferences is not None and preferences != before["preferences"]:
             changes["preferences"] = {"from": before["preferences"], "to": preferences}
         await audit.record(conn, ctx, viewer.id, "updateProfile", "Smith", viewer.id, changes)
-    return smith_view(row)
-
-
-# Admin controls
-
-
-def _check_admin_change(viewer: Viewer, *roles: str) -> None:
-    # MANAGE_SMITHS may be granted to a non-admin: it must not reach admin accounts through it.
-    if "ADMIN" in roles and not viewer.is_admin:
-        raise Forbidden("Only an admin may change an admin account or grant the ADMIN role")
-
-
-async def _lock_target(conn: Connection, smith_id: str) -> tuple[dict[str, Any], set[str]]:
-    admins = {r["id"] for r in await conn.fetch(LOCK_ACTIVE_ADMINS)}
-    target = await conn.fetchrow(LOCK_SMITH, smith_id)
-    if target is None:
-        raise NotFound.of("Smith", smith_id)
-    return dict(target), admins
-
-
-def _check_admin_remains(target: dict[str, Any], admins: set[str]) -> None:
-    if target["id"] in admins and not admins - {target["id"]}:
-        raise Conflict("At least one active admin must remain", field="smithId")
-
-
-async def update_role(ctx: Context, viewer: Viewer, smith_id: str, role: str) -> dict[str, Any]:
-    smith_id = parse_id(smith_id, "smithId")
-    async with ctx.db.acquire() as conn, conn.transaction():
-        target, admins = await _lock_target(conn, smith_id)
-        _check_admin_change(viewer, target["role"], role)
-        row: Any = target
-        changes: dict[str, Any] = {"role": {"from": target["role"], "to": role}}
-        changed = None
-        if role != target["role"]:
-            if role != "ADMIN":
-                _check_admin_remains(target, admins)
-            row = await conn.fetchrow(SET_ROLE, smith_id, role)
-            changes["droppedGrants"] = target["permissions"]
-            changed = await permissions_changed(conn, smith_id)
-        await audit.record(conn, ctx, viewer.id, "updateSmithRole", "Smith", smith_id, changes)
-    # HTTP requests read the role per request; open websockets close and reconnect to pick it up.
-    await announce(ctx.events, changed)
-    return smith_view(row)
-
-
-async def deactivate(ctx: Context, viewer: Viewer, smith_id: str) -> dict[str, Any]:
-    smith_id = parse_id(smith_id, "smithId")
-    if smith_id == viewer.id:
-        raise Conflict("You cannot deactivate your own account", field="smithId")
-    async with ctx.db.acquire() as conn, conn.transaction():
-        target, admins = await _lock_target(conn, smith_id)
-        _check_admin_change(viewer, target["role"])
-        _check_admin_remains(target, admins)
-        row = await conn.fetchrow(DEACTIVATE, smith_id)
-        await conn.execute(USE_ALL_RESETS, smith_id)
-        revoked = await revoke_smith_sessions(conn, smith_id, reason="deactivated")
-        changes = {"isActive": {"from": target["is_active"], "to": False}, "sessionsRevoked": _count(revoked)}
-        await audit.record(conn, ctx, viewer.id, "deactivateSmith", "Smith", smith_id, changes)
-    await announce(ctx.events, revoked)
-    log.info("smith %s deactivated by %s", smith_id, viewer.id)
     return smith_view(row)

@@ -18,7 +18,7 @@ import asyncpg
 
 from app import audit
 from app.context import Context, Viewer
-from app.core.errors import Conflict, DomainError, Invalid, NotFound
+from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Invalid, NotFound
 from app.infra import broker_accounts
 from app.infra.db import Connection, Pool, returned
 from app.infra.security import secret_digest
@@ -185,6 +185,8 @@ async def create(
             await audit.record(
                 conn, ctx, viewer.id, "createRobotApiKey", "RobotApiKey", row["id"], _audit_view(row)
             )
+    except GRAPHQL_ONLY:
+        raise
     except DomainError as exc:
         return {"api_key": None, "key": None, "errors": [exc.as_payload_error()]}
     return {"api_key": row, "key": key, "errors": None}
@@ -209,6 +211,8 @@ async def rotate(ctx: Context, viewer: Viewer, key_id: str) -> dict[str, Any]:
             await _grant_broker_account(ctx, row, key)
             changes = {"replaces": key_id, "revokedPrefix": old["prefix"], **_audit_view(row)}
             await audit.record(conn, ctx, viewer.id, "rotateRobotApiKey", "RobotApiKey", row["id"], changes)
+    except GRAPHQL_ONLY:
+        raise
     except DomainError as exc:
         return {"api_key": None, "key": None, "errors": [exc.as_payload_error()]}
     await broker_accounts.revoke_quietly(ctx.resources.settings.mqtt_admin_url, old["prefix"])

@@ -15,7 +15,7 @@ import asyncpg
 
 from app import audit
 from app.context import Context, Viewer
-from app.core.errors import Conflict, DomainError, Invalid, NotFound, NotImplementedYet
+from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Invalid, NotFound, NotImplementedYet
 from app.core.validation import finite, page, parse_id, required_text
 from app.infra.db import Pool, fetch_by_ids, group_rows, returned
 from app.robots import record_changes
@@ -134,6 +134,8 @@ async def cast(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any]:
         # Versions are counted, so an ingot inserted out of band can already hold this one.
         error = Conflict("An ingot with this version already exists", field="sepulkaId")
         return {"ingot": None, "errors": [error.as_payload_error()]}
+    except GRAPHQL_ONLY:
+        raise
     except DomainError as exc:
         return {"ingot": None, "errors": [exc.as_payload_error()]}
     return {"ingot": ingot, "errors": None}
@@ -199,6 +201,8 @@ async def recall(ctx: Context, viewer: Viewer, fleet_id: str, to_version: str) -
             changes = {"deploymentId": deployment["id"], "status": status, **details}
             await audit.record(conn, ctx, viewer.id, "recallFleet", "Fleet", fleet_id, changes)
             events = await record_changes(conn, [dict(r) for r in moved])
+    except GRAPHQL_ONLY:
+        raise
     except DomainError as exc:
         return {"deployment": None, "errors": [exc.as_payload_error()]}
     await ctx.events.publish_recorded(events)

@@ -12,7 +12,7 @@ import asyncpg
 
 from app import audit
 from app.context import Context, Viewer
-from app.core.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
+from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.core.validation import page, parse_id, parse_ids, required_text
 from app.infra.db import Pool, returned
 
@@ -104,6 +104,8 @@ async def forge(ctx: Context, viewer: Viewer, data: dict[str, Any]) -> dict[str,
     except asyncpg.ForeignKeyViolationError:
         # A pattern or alloy removed between the check and the insert.
         return {"sepulka": None, "errors": [NotFound("Pattern or alloy no longer exists").as_payload_error()]}
+    except GRAPHQL_ONLY:
+        raise
     except DomainError as exc:
         return {"sepulka": None, "errors": [exc.as_payload_error()]}
     return {"sepulka": row, "errors": None}
@@ -121,6 +123,8 @@ async def delete(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any
                 raise Conflict("Sepulka is in use by robots or has deployed ingots", field="id")
             await conn.execute(SOFT_DELETE_SEPULKA, sepulka_id)
             await audit.record(conn, ctx, viewer.id, "deleteSepulka", "Sepulka", sepulka_id, None)
+    except GRAPHQL_ONLY:
+        raise
     except DomainError as exc:
         return {"success": False, "errors": [exc.as_payload_error()]}
     return {"success": True, "errors": None}

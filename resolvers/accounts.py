@@ -6,7 +6,7 @@ from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, SchemaBindable
 
-from app import accounts
+from app import accounts, smith_admin
 from app.context import Info
 from app.core.errors import payload
 from app.core.validation import page
@@ -22,7 +22,7 @@ async def resolve_smiths(
     _: Any, info: Info, limit: int | None = None, offset: int | None = None
 ) -> list[dict[str, Any]]:
     limit, offset = page(limit, offset)
-    return await accounts.list_smiths(info.context.db, limit, offset)
+    return await smith_admin.list_smiths(info.context.db, limit, offset)
 
 
 @mutation.field("register")
@@ -68,13 +68,13 @@ async def resolve_update_smith_role(
     _: Any, info: Info, smith_id: str, role: str
 ) -> dict[str, Any]:
     viewer = await info.context.require()
-    return await payload("smith", accounts.update_role(info.context, viewer, smith_id, role))
+    return await payload("smith", smith_admin.update_role(info.context, viewer, smith_id, role))
 
 
 @mutation.field("deactivateSmith")
 async def resolve_deactivate_smith(_: Any, info: Info, smith_id: str) -> dict[str, Any]:
     viewer = await info.context.require()
-    return await payload("smith", accounts.deactivate(info.context, viewer, smith_id))
+    return await payload("smith", smith_admin.deactivate(info.context, viewer, smith_id))
 
 
 @invitation_type.field("invitedBy")

@@ -16,10 +16,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import gmqtt
 
+from app.infra.mqtt import broker_address, version_of
 from app.simulator import messages, physics
 from app.simulator.physics import RobotState
 from app.simulator.robots import SimRobot
@@ -55,8 +55,8 @@ class SimConfig:
 
     @property
     def address(self) -> tuple[str, int]:
-        parts = urlsplit(self.mqtt_url)
-        return parts.hostname or "127.0.0.1", parts.port or 1883
+        host, port, *_ = broker_address(self.mqtt_url)
+        return host, port
 
 
 @dataclass(slots=True)
@@ -134,8 +134,8 @@ class SimulatedRobot:
         return messages.topic(self.id, stream)
 
     async def connect(self) -> None:
-        host, port = self.config.address
-        await self.client.connect(host, port, keepalive=30, version=self.config.protocol)
+        host, port, tls, *_ = broker_address(self.config.mqtt_url)
+        await self.client.connect(host, port, ssl=tls, keepalive=30, version=version_of(self.config.protocol))
 
     def _on_connect(self, client: gmqtt.Client, flags: int, rc: int, properties: Any) -> None:
         # Also after every reconnect: gmqtt does not re-subscribe, and the Will may have marked
