@@ -263,17 +263,18 @@ async def authenticate(pool: Pool, key: str) -> str | None:
 
 
 # Keys whose broker account may stay: live, unexpired, of a robot that exists.
-LIVE_PREFIXES = """
-SELECT k.prefix FROM api_keys k JOIN robots r ON r.id = k.robot_id AND r.deleted_at IS NULL
+LIVE_KEYS = """
+SELECT k.prefix, k.robot_id FROM api_keys k JOIN robots r ON r.id = k.robot_id AND r.deleted_at IS NULL
 WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
 """
 
 
-async def live_prefixes(pool: Pool) -> set[str]:
-    """The prefixes of keys whose broker accounts may stay."""
-    return {row["prefix"] for row in await pool.fetch(LIVE_PREFIXES)}
+async def live_keys(pool: Pool) -> dict[str, str]:
+    """The keys whose broker accounts may stay: {prefix: robot id, the account's client id}."""
+    return {row["prefix"]: str(row["robot_id"]) for row in await pool.fetch(LIVE_KEYS)}
 
 
 async def reconcile_broker_accounts(pool: Pool, admin_url: str) -> list[str]:
-    """Deletes the broker accounts of keys that may no longer be used; returns their usernames."""
-    return await broker_accounts.reconcile(admin_url, lambda: live_prefixes(pool))
+    """Deletes the broker accounts of keys that may no longer be used and binds the others to
+    their robot's client id; returns the deleted usernames."""
+    return await broker_accounts.reconcile(admin_url, lambda: live_keys(pool))

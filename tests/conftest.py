@@ -7,14 +7,13 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from app.infra import db, seed
 from app.infra.security import Passwords
 from app.settings import Settings
 from tests.mailsink import SmtpSink
-from tests.servers import MosquittoServer, PostgresServer, RedisServer
+from tests.servers import MosquittoServer, PostgresServer, RedisServer, admin_execute
 from tests.support import Api
 
 TEMPLATE = "sepulki_template"
@@ -81,12 +80,9 @@ def _with_db(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 async def template_url(postgres_url: str, base_settings: Settings) -> str:
     """A database migrated and seeded once; every test gets a copy."""
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
-        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    finally:
-        await admin.close()
+    await admin_execute(
+        postgres_url, f'DROP DATABASE IF EXISTS "{TEMPLATE}"', f'CREATE DATABASE "{TEMPLATE}"'
+    )
     url = _with_db(postgres_url, TEMPLATE)
     await db.migrate(url)
     await seed.load(url, Passwords(base_settings))
@@ -96,17 +92,9 @@ async def template_url(postgres_url: str, base_settings: Settings) -> str:
 @pytest.fixture
 async def database_url(postgres_url: str, template_url: str) -> AsyncIterator[str]:
     name = f"sepulki_test_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
-    finally:
-        await admin.close()
+    await admin_execute(postgres_url, f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
     yield _with_db(postgres_url, name)
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await admin_execute(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -216,3 +216,15 @@ def _wait_for_port(port: int, timeout: float = 20.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+async def admin_execute(server_url: str, *statements: str) -> None:
+    """Runs statements such as CREATE or DROP DATABASE on one connection to the server."""
+    import asyncpg
+
+    admin = await asyncpg.connect(server_url)
+    try:
+        for statement in statements:
+            await admin.execute(statement)
+    finally:
+        await admin.close()

@@ -19,6 +19,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.servers import admin_execute
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("app", "resolvers")
 # What the wheel carries under app/_assets (pyproject.toml's force-include), from the checkout.
@@ -231,12 +233,8 @@ async def test_the_installed_sepulki_migrates_a_fresh_database(
 ) -> None:
     name = f"sepulki_packaging_{os.getpid()}"
     url = f"{postgres_url.rpartition('/')[0]}/{name}"
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    await admin_execute(postgres_url, drop, f'CREATE DATABASE "{name}"')
     try:
         env = {"SEPULKI_DATABASE_URL": url, "SEPULKI_DATA_DIR": str(installed.workdir / "data")}
         sepulki = installed.venv / "bin" / "sepulki"
@@ -259,8 +257,4 @@ async def test_the_installed_sepulki_migrates_a_fresh_database(
         # Idempotent: a second run applies nothing and succeeds.
         await asyncio.to_thread(installed.run, sepulki, "migrate", env=env)
     finally:
-        admin = await asyncpg.connect(postgres_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await admin_execute(postgres_url, drop)

@@ -7,15 +7,19 @@ one account per key rather than per robot. Every account of a robot has the role
 which allows publishing only on `robots/{robotId}/telemetry|status|events|commands/ack` and
 subscribing only to `robots/{robotId}/commands`; the broker's default access denies the rest, so a
 robot cannot publish as another one. (Mosquitto 2.0's dynsec has no `%u` patterns in ACLs: one role
-per robot.)
+per robot.) Every account is also bound to the client id `{robotId}`: the broker refuses it under
+any other, so one robot's key cannot connect as another robot, end that robot's connection (a
+second connection with a client id takes it over), resume its persistent session or receive the
+commands queued for it.
 
 Consistency with the `api_keys` table, the source of truth:
 - creating or rotating a key creates its account before the transaction commits; if the broker
   cannot be reached the mutation fails with SERVICE_UNAVAILABLE and no key exists;
 - revoking deletes the account after the commit (the broker disconnects a robot connected with it);
 - `reconcile`, every minute, deletes every account of a key that is revoked, expired, unknown, or
-  whose robot was deleted. It cannot create missing accounts: only a hash of each key is stored, so
-  a key issued while this was off has no broker account until it is rotated.
+  whose robot was deleted, and binds every other account whose client id is not its robot's (accounts
+  made before they carried one). It cannot create missing accounts: only a hash of each key is
+  stored, so a key issued while this was off has no broker account until it is rotated.
 """
 
 from __future__ import annotations
@@ -86,10 +90,11 @@ class DynsecSession:
             raise Unavailable("The MQTT broker did not answer; try again") from exc
 
     async def grant(self, robot_id: str, prefix: str, key: str) -> None:
-        """An account for this key with the robot's role (created on first use)."""
+        """An account for this key with the robot's role (created on first use), usable only with
+        the robot's id as client id."""
         role, client = await self.run(
             robot_role(robot_id),
-            {"command": "createClient", "username": prefix, "password": key,
+            {"command": "createClient", "username": prefix, "password": key, "clientid": robot_id,
              "roles": [{"rolename": role_of(robot_id)}]},
         )  # fmt: skip
         for response, tolerated in ((role, "Role already exists"), (client, None)):
@@ -107,17 +112,36 @@ class DynsecSession:
             if error and error != "Client not found":
                 raise Unavailable(f"The MQTT broker refused to delete an account: {error}")
 
-    async def accounts(self) -> list[str]:
-        """Usernames of the robot accounts the broker holds."""
-        usernames: list[str] = []
+    async def bind(self, bindings: dict[str, str]) -> None:
+        """Binds these accounts {username: client id}; the broker disconnects a robot connected
+        with one of them, which reconnects under the binding. Missing accounts are fine."""
+        if not bindings:
+            return
+        responses = await self.run(
+            *({"command": "setClientId", "username": u, "clientid": c} for u, c in bindings.items())
+        )
+        for response in responses:
+            error = response.get("error")
+            if error and error != "Client not found":
+                raise Unavailable(f"The MQTT broker refused to bind an account: {error}")
+
+    async def accounts(self) -> dict[str, str | None]:
+        """The robot accounts the broker holds: {username: the client id it is bound to, or None}."""
+        accounts: dict[str, str | None] = {}
+        offset = 0
         while True:
             (response,) = await self.run(
-                {"command": "listClients", "verbose": False, "count": 1000, "offset": len(usernames)}
+                {"command": "listClients", "verbose": True, "count": 1000, "offset": offset}
             )
             page = (response.get("data") or {}).get("clients") or []
-            usernames.extend(page)
+            offset += len(page)
+            for client in page:
+                username = client.get("username") if isinstance(client, dict) else None
+                if isinstance(username, str) and username.startswith(ACCOUNT_PREFIX):
+                    clientid = client.get("clientid")
+                    accounts[username] = clientid if isinstance(clientid, str) and clientid else None
             if len(page) < 1000:
-                return [name for name in usernames if name.startswith(ACCOUNT_PREFIX)]
+                return accounts
 
 
 @contextlib.asynccontextmanager
@@ -167,14 +191,19 @@ async def revoke_quietly(admin_url: str | None, *prefixes: str) -> None:
         log.warning("robot MQTT accounts %s not deleted yet (%s); the next reconcile will", prefixes, exc)
 
 
-async def reconcile(admin_url: str, live_prefixes: Callable[[], Awaitable[set[str]]]) -> list[str]:
-    """Deletes every robot account whose key may no longer be used; returns their usernames.
+async def reconcile(admin_url: str, live_keys: Callable[[], Awaitable[dict[str, str]]]) -> list[str]:
+    """Deletes every robot account whose key may no longer be used, and binds every other one to
+    its robot's client id; returns the deleted usernames. `live_keys` gives {prefix: robot id}.
     The broker's accounts are read before the live keys, so a key created meanwhile is kept."""
     async with session(admin_url) as dynsec:
         held = await dynsec.accounts()
-        live = await live_prefixes()
+        live = await live_keys()
         stale = [name for name in held if name not in live]
+        unbound = {name: live[name] for name, bound in held.items() if name in live and bound != live[name]}
         await dynsec.revoke(*stale)
+        await dynsec.bind(unbound)
     if stale:
         log.info("deleted %d robot MQTT accounts of revoked, expired or deleted keys", len(stale))
+    if unbound:
+        log.info("bound %d robot MQTT accounts to their robot's client id", len(unbound))
     return stale

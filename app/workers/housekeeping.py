@@ -49,8 +49,8 @@ async def session_pruning(resources: Resources, every_s: float = 3600.0) -> Asyn
 
 @contextlib.asynccontextmanager
 async def broker_account_reconciler(resources: Resources, every_s: float = 60.0) -> AsyncIterator[None]:
-    """Deletes robots' broker accounts of unusable keys every minute, when
-    SEPULKI_MQTT_ADMIN_URL is set (deleting an account twice is harmless)."""
+    """Every minute, when SEPULKI_MQTT_ADMIN_URL is set: deletes robots' broker accounts of
+    unusable keys and binds live accounts to their robot's client id (both are idempotent)."""
     admin_url = resources.settings.mqtt_admin_url
     if not admin_url:
         yield
