@@ -27,7 +27,7 @@ from app.infra.logs import mask_email
 from app.infra.mail import Mailer, MailError
 from app.infra.security import new_secret, secret_digest
 from app.sessions import announce, clear_login_failures, revoke_smith_sessions, sign_in
-from app.smiths import SMITH_BY_EMAIL, SMITH_COLUMNS, smith_view
+from app.smiths import SMITH_BY_EMAIL, SMITH_COLUMNS, shown_to_self, smith_view
 
 log = logging.getLogger("sepulki.accounts")
 
@@ -279,7 +279,7 @@ async def confirm_password_reset(ctx: Context, token: str, new_password: str) ->
     await announce(ctx.events, revoked)
     # Whoever holds the mailbox proved who they are: a lockout from earlier guesses ends.
     await clear_login_failures(ctx, row["email"])
-    return smith_view(row)
+    return shown_to_self(smith_view(row))
 
 
 async def change_password(ctx: Context, viewer: Viewer, old: str, new: str) -> dict[str, Any]:

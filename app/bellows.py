@@ -30,7 +30,9 @@ UNITS: dict[str, str] = {
     "VELOCITY": "m/s",
     "VIBRATION": "g",
 }
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+# ASCII digits only (`\d` also takes other scripts' digits), and few of them: 9 digits of seconds
+# already exceed the 31-day cap, and more would overflow timedelta (OverflowError) or int().
+_DURATION = re.compile(r"([0-9]{1,9})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 Window = tuple[str, datetime, datetime]
@@ -81,10 +83,11 @@ def check_window(start: datetime, end: datetime) -> None:
 
 
 def parse_duration(value: str | None) -> timedelta:
-    """ "15m", "1h", "24h", "7d": at most 31 days."""
-    match = _DURATION.match(value if value is not None else DEFAULT_DURATION)
+    """ "15m", "1h", "24h", "7d": 1 to 9 ASCII digits and a unit, at most 31 days."""
+    match = _DURATION.fullmatch(value if value is not None else DEFAULT_DURATION)
     if match is None:
-        raise Invalid(f'timeRange must look like "15m", "1h" or "7d", got {value!r}', field="timeRange")
+        shown = value if value is None or len(value) <= 40 else value[:40] + "..."
+        raise Invalid(f'timeRange must look like "15m", "1h" or "7d", got {shown!r}', field="timeRange")
     duration = timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
     if duration <= timedelta(0) or duration > MAX_WINDOW:
         raise Invalid("timeRange must be between 1s and 31d", field="timeRange")

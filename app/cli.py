@@ -22,6 +22,7 @@ def _serve(settings: Settings) -> None:
 
     from app.infra import logs
     from app.web.app import create_app
+    from app.web.http_server import http_options
 
     uvicorn.run(
         create_app(settings, owns_process=True),
@@ -31,13 +32,18 @@ def _serve(settings: Settings) -> None:
         # uvicorn's handlers, access log included, redact secrets and mask emails like ours.
         log_config=logs.uvicorn_log_config(),
         ws="websockets-sansio",
-        proxy_headers=True,
+        # X-Forwarded-For/-Proto only from SEPULKI_TRUSTED_PROXIES; none configured: the socket
+        # peer is the client (uvicorn's own default would believe any process on loopback).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies),
         server_header=False,
         # Open SSE streams and websockets would otherwise hold shutdown; clients resume with
         # Last-Event-ID / `after` and lose nothing.
         timeout_graceful_shutdown=5,
         # Frames are small JSON: compressing each costs more CPU than it saves on loopback and LANs.
         ws_per_message_deflate=False,
+        # httptools with a bound on reading a request's headers, and the keep-alive timeout.
+        **http_options(settings),
     )
 
 

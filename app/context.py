@@ -110,6 +110,12 @@ class Context:
             self._viewer = await self._load_viewer()
         return self._viewer
 
+    @property
+    def known_viewer(self) -> Viewer | None:
+        """The viewer if this request already verified one (no I/O): None when anonymous or
+        not verified yet, so None only means "ask `viewer()`"."""
+        return None if self._viewer is _UNSET else self._viewer
+
     async def _load_viewer(self) -> Viewer | None:
         if not self.token:
             return None

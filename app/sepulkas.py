@@ -6,6 +6,7 @@ business rules checked here become `errors` of the mutation payloads.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,9 @@ from app.context import Context, Viewer
 from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.core.validation import page, parse_id, parse_ids, required_text
 from app.infra.db import Pool, returned
+
+# A design's parameters, as JSON; like a command's params (app/commands.py).
+MAX_PARAMETERS_BYTES = 64 * 1024
 
 LIST_SEPULKAS = """
 SELECT s.* FROM sepulkas s LEFT JOIN patterns p ON p.id = s.pattern_id
@@ -86,6 +90,10 @@ async def forge(ctx: Context, viewer: Viewer, data: dict[str, Any]) -> dict[str,
             raise Invalid("At least one alloy is required", field="alloyIds")
         if parameters is not None and not isinstance(parameters, dict):
             raise Invalid("parameters must be a JSON object", field="parameters")
+        if parameters is not None and len(json.dumps(parameters).encode()) > MAX_PARAMETERS_BYTES:
+            raise Invalid(
+                f"parameters must be at most {MAX_PARAMETERS_BYTES} bytes of JSON", field="parameters"
+            )
         async with ctx.db.acquire() as conn, conn.transaction():
             found = {r["id"] for r in await conn.fetch(EXISTING_ALLOYS, alloy_ids)}
             missing = [a for a in alloy_ids if a not in found]

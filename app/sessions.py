@@ -22,7 +22,7 @@ from app.infra.db import Connection, Pool
 from app.infra.eventlog import Recorded, record
 from app.infra.logs import mask_email
 from app.infra.security import new_secret, secret_digest
-from app.smiths import SMITH_BY_EMAIL, smith_view, smiths_by_id
+from app.smiths import SMITH_BY_EMAIL, shown_to_self, smith_view, smiths_by_id
 
 log = logging.getLogger("sepulki.sessions")
 
@@ -157,7 +157,8 @@ def _auth_payload(ctx: Context, smith: dict[str, Any], session_id: str, refresh:
             "role": smith["role"],
             "permissions": smith["permissions"],
         },
-        "smith": smith,
+        # The caller proved to be this smith (password, invitation, refresh token).
+        "smith": shown_to_self(smith),
         "errors": None,
     }
 

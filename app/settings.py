@@ -7,6 +7,7 @@ the type refuses stops the start with one line naming the variable and what it a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -136,10 +137,25 @@ class Settings(BaseSettings):
     mail_rate_limit_ip: str = Field("20/hour", description="Invitation and reset mails per IP.")
     mail_rate_limit_account: str = Field("3/hour", description="Invitation and reset mails per target email.")
     request_rate_limit_ip: str = Field("1200/minute", description="GraphQL requests per IP (0 disables).")
+    rate_limit_retry_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="While the rate-limit storage (Redis) fails, limits count in each process's memory at "
+        "half;\nit is tried again this often (seconds).",
+    )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         DEV_CORS_ORIGINS,
         description="Comma-separated browser origins allowed by CORS (the reference web frontend runs "
         "on :3000).",
+    )
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated IPs or CIDRs of the reverse proxies in front of the API "
+        "(10.0.0.5,172.16.0.0/12):\n"
+        "only from them are X-Forwarded-For and X-Forwarded-Proto believed. Empty: both headers are "
+        "ignored\n"
+        "and the client's address is the socket peer's.",
     )
     debug: bool = Field(
         False,
@@ -182,11 +198,24 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(1000, ge=1, description="Messages per ingest batch (one transaction).")
     ingest_batch_ms: int = Field(25, ge=1, description="Longest wait before a partial batch is written (ms).")
     ingest_max_payload_bytes: int = Field(65536, ge=1, description="Largest robot message accepted (bytes).")
+    dead_letter_retention_s: int = Field(
+        604800,
+        ge=0,
+        description="How long rejected robot messages stay in dead_letters (seconds; 7 days; 0 keeps "
+        "them forever).",
+    )
     metrics_port: int = Field(
         9464,
         ge=0,
         le=65535,
         description="Port of GET /metrics and /health of a standalone `sepulki ingest` (0: off).",
+    )
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token GET /metrics of the API requires (Authorization: Bearer <token>). "
+        "Empty: /metrics\n"
+        "is open in development and answers 404 in production.",
     )
     command_ttl_s: int = Field(
         300,
@@ -198,6 +227,68 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         description="Events a websocket may fall behind before it is closed (it resumes with `after`).",
+    )
+    ws_init_timeout_s: int = Field(
+        10,
+        ge=1,
+        le=600,
+        description="A websocket that sends no connection_init this long after opening is closed "
+        '(4408 "Connection initialisation timeout").',
+    )
+    ws_anonymous_idle_s: int = Field(
+        30,
+        ge=1,
+        le=86400,
+        description="An anonymous websocket running no operation is closed (1000 \"Idle\") this long "
+        "after its last subscribe message.",
+    )
+    ws_message_rate: float = Field(
+        20.0,
+        ge=0,
+        description="Messages per second one websocket may send, on average (a token bucket of "
+        'SEPULKI_WS_MESSAGE_BURST);\nover it the socket is closed (4429 "Too many messages"). 0 disables.',
+    )
+    ws_message_burst: int = Field(
+        100,
+        ge=1,
+        description="Messages one websocket may send at once before SEPULKI_WS_MESSAGE_RATE applies.",
+    )
+    ws_max_subscriptions_per_socket: int = Field(
+        100,
+        ge=0,
+        description="Subscriptions one websocket may run at once; more answer an error with code "
+        "RATE_LIMITED (0: no cap).",
+    )
+    ws_max_subscriptions_per_smith: int = Field(
+        500, ge=0, description="Subscriptions one smith may run at once over all its websockets (0: no cap)."
+    )
+    ws_max_sockets_per_ip: int = Field(
+        200,
+        ge=0,
+        description='Websockets one client IP may hold open in this process; more are closed (4429 "Too '
+        'many connections") (0: no cap).',
+    )
+    ws_max_sockets_per_smith: int = Field(
+        50,
+        ge=0,
+        description="Signed-in websockets one smith may hold open in this process; more are closed at "
+        "connection_init (4429) (0: no cap).",
+    )
+    http_header_timeout_s: int = Field(
+        10,
+        ge=0,
+        le=3600,
+        description="A connection must send a request's complete headers this long after it opens or the "
+        "request\nbegins, or it is closed (0: no bound; a reverse proxy's client_header_timeout then "
+        "covers it).",
+    )
+    http_max_header_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="Largest request line plus headers accepted (bytes); larger ones answer 431.",
+    )
+    http_keep_alive_s: int = Field(
+        5, ge=1, le=3600, description="An idle keep-alive HTTP connection is closed after this many seconds."
     )
     event_retention_s: int = Field(
         86400,
@@ -238,6 +329,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        proxies = []
+        for item in (str(item).strip() for item in items):
+            if not item:
+                continue
+            try:
+                proxies.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return tuple(proxies)
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -308,7 +415,7 @@ def _one_line(exc: ValidationError) -> str:
         variable = env_name(name, field) if field is not None else name or "configuration"
         message = error["msg"].removeprefix("Value error, ")
         # Values of URLs and secrets may hold credentials: never echoed.
-        if "input" in error and loc and not any(part in name for part in ("url", "secret")):
+        if "input" in error and loc and not any(part in name for part in ("url", "secret", "token")):
             problems.append(f"{variable}={error['input']!r}: {message}")
         else:
             problems.append(message if not loc else f"{variable}: {message}")

@@ -1,11 +1,12 @@
-"""Smiths: how a smith row is shown, and the smith loader."""
+"""Smiths: how a smith row is shown, who may see its private fields, and the smith loader."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from app.context import Context, Viewer
-from app.core.permissions import effective_permissions
+from app.core.permissions import Perm, effective_permissions
 from app.infra.db import Pool
 
 SMITH_COLUMNS = (
@@ -17,12 +18,33 @@ SMITH_BY_EMAIL = (
     "WHERE lower(email) = lower($1) AND deleted_at IS NULL"
 )
 
+# Set on a smith shown to a caller who proved in this very request to be that smith without
+# being signed in as them yet: a login, sign-up, refresh or password reset answers the account
+# it signed in.
+_SHOWN_TO_SELF = "_shown_to_self"
+
 
 def smith_view(row: Any) -> dict[str, Any]:
     smith = dict(row)
     smith.pop("password_hash", None)
     smith["permissions"] = sorted(effective_permissions(smith["role"], smith["permissions"]))
     return smith
+
+
+def shown_to_self(smith: dict[str, Any]) -> dict[str, Any]:
+    """The smith as answered to whoever just proved to be them (a copy: loaders' rows stay as
+    they are)."""
+    return {**smith, _SHOWN_TO_SELF: True}
+
+
+def may_see_private_fields(smith: Mapping[str, Any], viewer: Viewer | None, perm: Perm) -> bool:
+    """Whether `viewer` sees the smith's private fields (email, role, permissions, preferences,
+    isActive, lastLoginAt, createdAt): their own, or anyone's with `perm` (MANAGE_SMITHS)."""
+    if smith.get(_SHOWN_TO_SELF) is True:
+        return True
+    if viewer is None:
+        return False
+    return viewer.can(perm) or str(smith["id"]) == viewer.id
 
 
 async def smiths_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None]:

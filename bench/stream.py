@@ -334,6 +334,11 @@ async def api_server(
         "SEPULKI_SIMULATE_ROBOTS": "0",
         "SEPULKI_INGEST_IN_API": "false",
         "SEPULKI_DB_POOL_MAX": "20",
+        # Every subscriber is one smith on loopback: the per-IP and per-smith socket caps
+        # (docs/security.md) would refuse all but the first 50.
+        "SEPULKI_WS_MAX_SOCKETS_PER_IP": "0",
+        "SEPULKI_WS_MAX_SOCKETS_PER_SMITH": "0",
+        "SEPULKI_WS_MAX_SUBSCRIPTIONS_PER_SMITH": "0",
     }
     env.pop("SEPULKI_MQTT_URL", None)
     log = (data_dir / "server.log").open("wb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -20,15 +21,39 @@ def serialize_json(value: Any) -> Any:
 
 @json_scalar.value_parser
 def parse_json(value: Any) -> Any:
-    # A JSON string inside JSON (a common client mistake) is parsed, and rejected when malformed.
+    """Variables and literals alike (graphql-core parses a literal to a value and calls this).
+    A JSON string inside JSON (a common client mistake) is parsed, and rejected when malformed."""
     if isinstance(value, str):
         stripped = value.strip()
         if stripped[:1] in "{[":
             try:
-                return json.loads(stripped)
+                value = json.loads(stripped)
             except json.JSONDecodeError as exc:
                 raise GraphQLError(f"JSON cannot represent value: {exc.msg}") from exc
+            except RecursionError:
+                # Not chained: the error formatter would find the RecursionError and call it a crash.
+                raise GraphQLError("JSON cannot represent value: nested too deeply") from None
+    _refuse_non_finite(value)
     return value
+
+
+def _refuse_non_finite(value: Any) -> None:
+    """NaN and ±Infinity are not JSON (Python's json module reads the tokens, and reads a number
+    too large for a double, such as 1e400, as infinity); PostgreSQL refuses them in jsonb.
+    Walked without recursion: a value as deep as the request parser allows cannot overflow."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise GraphQLError(
+                    "JSON cannot represent value: numbers must be finite (no NaN or Infinity, "
+                    "and within ±1.8e308)"
+                )
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
 
 
 @datetime_scalar.serializer

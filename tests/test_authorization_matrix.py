@@ -6,6 +6,9 @@ app/directives.py enforces and what this test reads back from the built schema, 
 permissions of app/permissions.py. A field added to the schema is covered without editing this
 file. Smiths hold exactly their role's permissions (no individual grants); each case signs in
 with a session of its own, so a case that logs out or revokes sessions cannot disturb the next.
+
+Below the root fields, every field that yields a Smith is reached through one document per
+private Smith field (`@selfOr`): the other smith's email, role, ... only for MANAGE_SMITHS.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from app.core.permissions import ROLE_PERMISSIONS, Perm, Role
 from app.settings import Settings
 from app.web.errors import error_formatter
 from app.web.graphql_app import build_schema
+from tests.seed_ids import ADMIN_ID, ALPHA
 from tests.support import ROOT, Api
 
 ANONYMOUS = "ANONYMOUS"
@@ -252,7 +256,9 @@ async def call_http(api: Api, op: Operation, token: str | None) -> dict[str, Any
             "/graphql",
             data={"operations": operations, "map": json.dumps(mapping)},
             files=files,
-            headers=headers,
+            # As apollo-upload-client sends it (anonymous callers have no Authorization to force
+            # the CORS preflight multipart requests need).
+            headers={**headers, "apollo-require-preflight": "true"},
         )
     else:
         response = await api.post(op.document, op.variables, token=token)
@@ -317,3 +323,113 @@ def test_the_documented_role_table_matches_the_code() -> None:
     documented = {Perm(p): tuple(cell == "yes" for cell in cells) for p, *cells in rows}
     actual = {p: tuple(p in ROLE_PERMISSIONS[r] for r in Role) for p in Perm}
     assert documented == actual
+
+
+# --- a smith's private fields, on every path that yields a Smith --------------------------------
+
+# Any signed-in smith sees these of any smith; the others only the smith themself or a holder of
+# MANAGE_SMITHS (`@selfOr(permission: MANAGE_SMITHS)` in schema/smiths.graphql).
+PUBLIC_SMITH_FIELDS = {"id", "name"}
+SMITH_FIELDS = list(SCHEMA.type_map["Smith"].fields)  # type: ignore[attr-defined]
+# One document per field that yields a Smith, reaching rows of the seed's admin and dev (none of
+# the matrix callers; rows the callers' own mutations created may come along): `%s` is the Smith
+# field asked for, besides its id.
+NESTED: dict[str, tuple[str, str]] = {
+    "FactoryFloor.createdBy": ("factoryFloors", "{ factoryFloors { createdBy { id %s } } }"),
+    "Task.createdBy": ("tasks", "{ tasks { createdBy { id %s } } }"),
+    "Sepulka.createdBy": ("sepulkas", "{ sepulkas { createdBy { id %s } } }"),
+    "RobotCommand.issuedBy": (
+        "robotCommands",
+        f'{{ robotCommands(robotId: "{ALPHA}") {{ issuedBy {{ id %s }} }} }}',
+    ),
+    "AuditLog.smith": (
+        "auditLogs",
+        f'{{ auditLogs(first: 5, filter: {{smithId: "{ADMIN_ID}"}}) '
+        "{ edges { node { smith { id %s } } } } }",
+    ),
+}
+# Fields that yield only the caller's own Smith (signed in, or just proven by password, invitation,
+# refresh or reset token) or are reached only by holders of MANAGE_SMITHS.
+OWN_OR_MANAGED = {
+    "Query.me",
+    "AuthPayload.smith",
+    "SmithPayload.smith",
+    "Query.smiths",
+    "Invitation.invitedBy",
+}
+NESTED_CASES = [(path, field, caller) for path in NESTED for field in SMITH_FIELDS for caller in CALLERS]
+
+
+@pytest.fixture(scope="module")
+async def authored(callers: Callers) -> Callers:
+    """A command and an audit row of the seed's admin, besides the seed's floors, tasks, sepulkas."""
+    db = callers.api.resources.db
+    await db.execute(
+        "INSERT INTO robot_commands (robot_id, type, issued_by, expires_at) "
+        "VALUES ($1, 'PING', $2, now() + interval '1 hour')",
+        ALPHA,
+        ADMIN_ID,
+    )
+    await db.execute(
+        "INSERT INTO audit_logs (smith_id, action, resource_type) VALUES ($1, 'login', 'SmithSession')",
+        ADMIN_ID,
+    )
+    return callers
+
+
+def found(value: Any, key: str) -> list[Any]:
+    """Every value under `key` anywhere in a response's data."""
+    if isinstance(value, dict):
+        return [v for k, v in value.items() if k == key] + [x for v in value.values() for x in found(v, key)]
+    if isinstance(value, list):
+        return [x for v in value for x in found(v, key)]
+    return []
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "caller"), NESTED_CASES, ids=[f"{p}.{f}-{c}" for p, f, c in NESTED_CASES]
+)
+async def test_a_smith_reached_through_another_entity_shows_private_fields_only_to_managers(
+    authored: Callers, path: str, field: str, caller: str
+) -> None:
+    root, document = NESTED[path]
+    body = await call_http(authored.api, Operation(document % field, {}, []), await authored.token(caller))
+    me = authored.smiths[caller]["id"] if caller != ANONYMOUS else None
+    smiths = [s for s in found(body.get("data"), path.rpartition(".")[2]) if s is not None]
+    errors = body.get("errors") or []
+    denied = [e for e in errors if e.get("extensions", {}).get("code") in DENIED]
+    want = expected(declared(SCHEMA.query_type.fields[root]), caller, f"Query.{root}")  # type: ignore[union-attr]
+    if want is not None:  # refused at the root field already
+        assert {e["extensions"]["code"] for e in denied} == {want}, errors
+        return
+    if field not in PUBLIC_SMITH_FIELDS and Perm.MANAGE_SMITHS not in ROLE_PERMISSIONS[Role(caller)]:
+        assert denied, f"{caller} read {path}.{field} of another smith: {body}"
+        assert {e["extensions"]["code"] for e in denied} == {"FORBIDDEN"}, errors
+        # Refused at the private field itself, not at the entity that led there.
+        assert {e["path"][-1] for e in denied} == {field}, errors
+        # A nullable field is null; a non-null one takes its smith with it. Only one's own shows.
+        assert all(s[field] is None for s in smiths if s["id"] != me), body
+    else:
+        assert not denied, f"{caller} was refused {path}.{field}: {errors}"
+        assert any(s["id"] != me for s in smiths), f"no other smith reached through {path}: {body}"
+
+
+def test_every_field_that_yields_a_smith_is_in_the_nested_matrix_or_yields_only_ones_own() -> None:
+    yielding = {
+        f"{type_.name}.{name}"
+        for type_ in SCHEMA.type_map.values()
+        if isinstance(type_, GraphQLObjectType) and not type_.name.startswith("__")
+        for name, field in type_.fields.items()
+        if get_named_type(field.type).name == "Smith"
+    }
+    assert yielding == set(NESTED) | OWN_OR_MANAGED, "add a path to NESTED (or to OWN_OR_MANAGED, with why)"
+
+
+def test_only_the_id_and_name_of_a_smith_are_public() -> None:
+    smith = SCHEMA.type_map["Smith"]
+    unguarded = {
+        name
+        for name, field in smith.fields.items()  # type: ignore[attr-defined]
+        if not any(d.name.value == "selfOr" for d in (field.ast_node and field.ast_node.directives or ()))
+    }
+    assert unguarded == PUBLIC_SMITH_FIELDS

@@ -383,8 +383,13 @@ async def test_a_smith_may_read_commands_but_not_send_them(api: Api) -> None:
     smith = await api.create_smith("apprentice@sepulki.com", "SMITH")
     sent = await send(api, ALPHA, type="BEEP")
     assert await api.error_codes(SEND, {"robotId": ALPHA, "type": "BEEP"}, as_=smith) == ["FORBIDDEN"]
-    listed = (await api.data(COMMANDS, {"robotId": ALPHA}, as_=smith))["robotCommands"]
-    assert [c["id"] for c in listed] == [sent["id"]]
+    by_name = COMMANDS.replace("issuedBy { email }", "issuedBy { name }")
+    listed = (await api.data(by_name, {"robotId": ALPHA}, as_=smith))["robotCommands"]
+    assert [(c["id"], c["issuedBy"]) for c in listed] == [(sent["id"], {"name": "System Administrator"})]
+    # The admin's email is not the smith's to read (docs/authorization.md).
+    refused = await api.execute(COMMANDS, {"robotId": ALPHA}, as_=smith)
+    assert refused["data"]["robotCommands"][0]["issuedBy"] == {"email": None}
+    assert [(e["extensions"]["code"], e["path"][-1]) for e in refused["errors"]] == [("FORBIDDEN", "email")]
     assert await api.resources.db.fetchval("SELECT count(*) FROM robot_commands") == 1
     anonymous = await api.error_codes(COMMANDS, {"robotId": ALPHA}, as_=None)
     assert anonymous == ["UNAUTHENTICATED"]

@@ -3,6 +3,10 @@ mutations from our own SDL, with arbitrary argument values, and posts them to th
 as an admin and as an anonymous caller. Whatever they ask, the server answers: no HTTP 500 and no
 INTERNAL_SERVER_ERROR, only typed errors (BAD_USER_INPUT, NOT_FOUND, ...).
 
+JSON arguments get finite values, numbers that overflow a double (`1e400` reads as infinity) and
+the NaN and Infinity a document cannot write but a JSON body can (sent as variables); duration
+arguments (`robotTelemetry.timeRange`) get durations in and out of range, overflowing and odd ones.
+
 The run is bounded and derandomized (the same documents on every run), so it is a regression
 test; a longer exploratory run only needs a larger SEPULKI_FUZZ_EXAMPLES.
 """
@@ -10,7 +14,10 @@ test; a longer exploratory run only needs a larger SEPULKI_FUZZ_EXAMPLES.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -49,6 +56,7 @@ from tests.test_authorization_matrix import INSERT_SESSION, declared, generous, 
 EXAMPLES = int(os.environ.get("SEPULKI_FUZZ_EXAMPLES", "0")) or None
 ADMIN_EXAMPLES = EXAMPLES or 180
 ANONYMOUS_EXAMPLES = EXAMPLES or 70
+JSON_AND_DURATION_EXAMPLES = EXAMPLES or 150
 
 SCHEMA = build_schema()
 # Ids of the seed data, so that generated calls reach rows and not only "not found" answers.
@@ -93,16 +101,71 @@ def _value_node(value: Any) -> graphql.ValueNode:
     return nodes.Object(fields)
 
 
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(NAMES, children, max_size=4),
+def _object_node(fields: dict[str, graphql.ValueNode]) -> graphql.ObjectValueNode:
+    return nodes.Object(
+        [graphql.ObjectFieldNode(name=graphql.NameNode(value=k), value=v) for k, v in fields.items()]
+    )
+
+
+FINITE_JSON = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+).map(_value_node)
+# Numbers past a double: floats Python reads as ±infinity, and integers of 300 to 6,000 digits
+# (past int()'s 4,300-digit limit graphql-core reads them as a float: infinity).
+OVERFLOWING_NUMBERS = st.one_of(
+    st.sampled_from(["1e400", "-1e400", "1e309", "2.5E+999", "-0.1e99999"]).map(
+        lambda v: graphql.FloatValueNode(value=v)
+    ),
+    st.integers(min_value=300, max_value=6000).map(lambda n: graphql.IntValueNode(value="9" * n)),
+)
+# What a document cannot write, so the document names a variable and `Target.post` sends its
+# value in a body written by hand (Python's json module reads NaN, Infinity and 1e400 = inf).
+JSON_VARIABLES = {
+    "jsonNaN": "NaN",
+    "jsonInfinity": "Infinity",
+    "jsonMinusInfinity": "-Infinity",
+    "jsonOverflow": "1e400",
+    "jsonNestedNaN": '{"a": [1, {"b": NaN}]}',
+    "jsonTextInfinity": '"[1, Infinity]"',  # a JSON string holding JSON is parsed too
+    "jsonTextTooDeep": json.dumps("[" * 100_000),  # ... and may nest past the parser's depth
+    "jsonFinite": '{"a": 1.5, "b": [1, "x"]}',
+}
+JSON_VARIABLE_NODES = st.sampled_from(sorted(JSON_VARIABLES)).map(
+    lambda name: graphql.VariableNode(name=graphql.NameNode(value=name))
+)
+JSON_TREES = st.recursive(
+    FINITE_JSON | OVERFLOWING_NUMBERS | JSON_VARIABLE_NODES,
+    lambda children: (
+        st.lists(children, max_size=4).map(nodes.List)
+        | st.dictionaries(NAMES, children, max_size=4).map(_object_node)
+    ),
     max_leaves=12,
 )
+UNSTORABLE = OVERFLOWING_NUMBERS | JSON_VARIABLE_NODES
+JSON_NODES = st.one_of(
+    JSON_TREES,
+    # Most JSON arguments must be objects: an object holding one unstorable number gets past that.
+    st.dictionaries(NAMES, UNSTORABLE, min_size=1, max_size=2).map(_object_node),
+    JSON_VARIABLE_NODES,
+)
+UNITS = st.sampled_from("smhdwy")
+DURATIONS = st.one_of(
+    st.from_regex(r"[0-9]{1,3}[smhd]", fullmatch=True),  # the accepted form, in and out of 1s..31d
+    st.builds("{}{}".format, st.integers(min_value=0, max_value=10**30), UNITS),  # overflowing
+    st.builds(lambda n, unit: "9" * n + unit, st.integers(min_value=10, max_value=6000), UNITS),
+    st.builds(  # other scripts' digits (Python's \d and int() accept them)
+        "{}{}".format, st.text(st.characters(categories=["Nd"]), min_size=1, max_size=3), UNITS
+    ),
+    st.from_regex(r"\s{0,2}-?[0-9]{1,3}\.?[0-9]?\s?[smhdSMHD]?\s{0,2}", fullmatch=True),
+    st.text(max_size=20),
+).map(nodes.String)
 CUSTOM_SCALARS = {
     "ID": st.one_of(
         st.sampled_from(SEED_IDS), st.uuids().map(str), st.text(max_size=40), st.integers().map(str)
     ).map(nodes.String),
-    "JSON": JSON_VALUES.map(_value_node),
+    "JSON": JSON_NODES,
+    # String arguments that hold a duration, retyped as this scalar in FUZZ_SCHEMA (below).
+    "Duration": DURATIONS,
     "DateTime": st.one_of(
         st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
         st.datetimes().map(lambda d: d.isoformat()),  # no offset: refused
@@ -120,19 +183,145 @@ def _needs_upload(field: graphql.GraphQLField) -> bool:
     )
 
 
-def _fields(anonymous: bool) -> list[str]:
-    roots = (SCHEMA.query_type, SCHEMA.mutation_type)
+# A String argument whose name says it holds a duration ("15m", "1h", "7d").
+DURATION_ARGUMENT = re.compile(r"(?i)(range|duration|window|period|interval)$")
+
+
+def _duration_schema(schema: graphql.GraphQLSchema) -> tuple[graphql.GraphQLSchema, list[str]]:
+    """The schema, to generate from, with every duration String argument (and input field) typed
+    as the scalar Duration, so that it gets duration-like values; and the root fields' arguments
+    so retyped, as `Type.field.argument`."""
+
+    class Retype(graphql.Visitor):
+        def enter_input_value_definition(self, node: Any, *_args: Any) -> Any:
+            inner = node.type.type if isinstance(node.type, graphql.NonNullTypeNode) else node.type
+            if (
+                isinstance(inner, graphql.NamedTypeNode)
+                and inner.name.value == "String"
+                and DURATION_ARGUMENT.search(node.name.value)
+            ):
+                duration: Any = graphql.NamedTypeNode(name=graphql.NameNode(value="Duration"))
+                if isinstance(node.type, graphql.NonNullTypeNode):
+                    duration = graphql.NonNullTypeNode(type=duration)
+                return graphql.InputValueDefinitionNode(
+                    name=node.name,
+                    type=duration,
+                    default_value=node.default_value,
+                    directives=node.directives,
+                    description=node.description,
+                )
+            return None
+
+    document = graphql.visit(graphql.parse(graphql.print_schema(schema)), Retype())
+    scalar = graphql.ScalarTypeDefinitionNode(name=graphql.NameNode(value="Duration"), directives=())
+    document = graphql.DocumentNode(definitions=(*document.definitions, scalar))
+    built = graphql.build_ast_schema(document)
+    paths = [
+        f"{root.name}.{name}.{arg}"
+        for root in (built.query_type, built.mutation_type)
+        if root is not None
+        for name, field in root.fields.items()
+        for arg, argument in field.args.items()
+        if graphql.get_named_type(argument.type).name == "Duration"
+    ]
+    return built, paths
+
+
+FUZZ_SCHEMA, DURATION_ARGUMENTS = _duration_schema(SCHEMA)
+
+
+def _takes(field: graphql.GraphQLField, scalars: set[str]) -> bool:
+    """Whether one of the field's arguments, or a field of its input objects, is one of these."""
+    seen: set[str] = set()
+    pending = [graphql.get_named_type(a.type) for a in field.args.values()]
+    while pending:
+        named = pending.pop()
+        if named.name in scalars:
+            return True
+        if isinstance(named, graphql.GraphQLInputObjectType) and named.name not in seen:
+            seen.add(named.name)
+            pending.extend(graphql.get_named_type(f.type) for f in named.fields.values())
+    return False
+
+
+# The served schema's root fields (their @requires declarations), by root type and name.
+SERVED_FIELDS = {
+    (root.name, name): field
+    for root in (SCHEMA.query_type, SCHEMA.mutation_type)
+    if root is not None
+    for name, field in root.fields.items()
+}
+
+
+def _fields(anonymous: bool, taking: set[str] | None = None) -> list[str]:
+    roots = (FUZZ_SCHEMA.query_type, FUZZ_SCHEMA.mutation_type)
     return [
         name
         for root in roots
         if root is not None
         for name, field in root.fields.items()
-        if not _needs_upload(field) and (not anonymous or declared(field).kind == "open")
+        if not _needs_upload(field)
+        and (not anonymous or declared(SERVED_FIELDS[root.name, name]).kind == "open")
+        and (taking is None or _takes(field, taking))
     ]
 
 
-def documents(anonymous: bool) -> st.SearchStrategy[str]:
-    return from_schema(SCHEMA, fields=_fields(anonymous), custom_scalars=CUSTOM_SCALARS)
+def documents(anonymous: bool, taking: set[str] | None = None) -> st.SearchStrategy[str]:
+    return from_schema(FUZZ_SCHEMA, fields=_fields(anonymous, taking), custom_scalars=CUSTOM_SCALARS)
+
+
+def asks_with_a_duration(document: str) -> bool:
+    """Whether the document gives one of DURATION_ARGUMENTS a value."""
+    wanted = {tuple(path.split(".")[1:]) for path in DURATION_ARGUMENTS}
+    try:
+        tree = graphql.parse(document)
+    except graphql.GraphQLError:
+        return False
+    found = False
+
+    class Find(graphql.Visitor):
+        def enter_field(self, node: graphql.FieldNode, *_args: Any) -> None:
+            nonlocal found
+            found = found or any((node.name.value, a.name.value) in wanted for a in node.arguments or ())
+
+    graphql.visit(tree, Find())
+    return found
+
+
+def with_variables(document: str) -> tuple[str, str | None]:
+    """The document with the JSON variables it names declared (`JSON!`), and the `variables`
+    object of the request as JSON text (None when it names none)."""
+    try:
+        tree = graphql.parse(document)
+    except graphql.GraphQLError:
+        return document, None
+    used: set[str] = set()
+
+    class Collect(graphql.Visitor):
+        def enter_variable(self, node: graphql.VariableNode, *_args: Any) -> None:
+            used.add(node.name.value)
+
+    graphql.visit(tree, Collect())
+    names = sorted(used & JSON_VARIABLES.keys())
+    if not names:
+        return document, None
+    json_type = graphql.NonNullTypeNode(type=graphql.NamedTypeNode(name=graphql.NameNode(value="JSON")))
+    declared_variables = tuple(
+        graphql.VariableDefinitionNode(
+            variable=graphql.VariableNode(name=graphql.NameNode(value=name)), type=json_type
+        )
+        for name in names
+    )
+    tree = graphql.DocumentNode(
+        definitions=tuple(
+            dataclasses.replace(d, variable_definitions=declared_variables)
+            if isinstance(d, graphql.OperationDefinitionNode)
+            else d
+            for d in tree.definitions
+        )
+    )
+    variables = "{" + ", ".join(f"{json.dumps(name)}: {JSON_VARIABLES[name]}" for name in names) + "}"
+    return graphql.print_ast(tree), variables
 
 
 class Target:
@@ -144,6 +333,9 @@ class Target:
         self.admin = admin
         self.cases: dict[str, int] = {"admin": 0, "anonymous": 0}
         self.statuses: dict[str, dict[int, int]] = {"admin": {}, "anonymous": {}}
+        # Documents that sent JSON variables (NaN, Infinity, ...), and that asked with a duration.
+        self.with_variables = 0
+        self.with_durations = 0
 
     async def token(self) -> str:
         session_id = await self.api.resources.db.fetchval(
@@ -156,7 +348,18 @@ class Target:
         mode = "admin" if as_admin else "anonymous"
         self.cases[mode] += 1
         token = await self.token() if as_admin else None
-        response = await self.api.post(document, token=token)
+        document, variables = with_variables(document)
+        if variables is None:
+            response = await self.api.post(document, token=token)
+        else:
+            self.with_variables += 1
+            headers = {"content-type": "application/json"}
+            if token:
+                headers["authorization"] = f"Bearer {token}"
+            body = '{"query": ' + json.dumps(document) + ', "variables": ' + variables + "}"
+            response = await self.api.client.post("/graphql", content=body.encode(), headers=headers)
+        if asks_with_a_duration(document):
+            self.with_durations += 1
         statuses = self.statuses[mode]
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
         assert response.status_code < 500, f"HTTP {response.status_code} for\n{document}\n{response.text}"
@@ -186,7 +389,7 @@ async def target(postgres_url: str, template_url: str, base_settings: Settings) 
             yield Target(api, dict(admin))
 
 
-async def _fuzz(target: Target, anonymous: bool, examples: int) -> None:
+async def _fuzz(target: Target, anonymous: bool, examples: int, taking: set[str] | None = None) -> None:
     """Hypothesis drives the examples from a worker thread; each document is posted on the
     test's event loop, which stays free to serve the app in the meantime."""
     loop = asyncio.get_running_loop()
@@ -200,7 +403,7 @@ async def _fuzz(target: Target, anonymous: bool, examples: int) -> None:
         phases=[Phase.generate],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
-    @given(document=documents(anonymous))
+    @given(document=documents(anonymous, taking))
     def run(document: str) -> None:
         asyncio.run_coroutine_threadsafe(target.post(document, not anonymous), loop).result(timeout=60)
 
@@ -218,6 +421,25 @@ async def test_generated_documents_never_crash_the_server_for_an_anonymous_calle
     assert target.cases["anonymous"] == ANONYMOUS_EXAMPLES
     cases, statuses = target.cases["anonymous"], target.statuses["anonymous"]
     print(f"fuzz (anonymous): {cases} documents, HTTP statuses {statuses}")
+
+
+async def test_generated_json_and_duration_arguments_never_crash_the_server(target: Target) -> None:
+    """Only the fields that take a JSON or duration argument (directly or in an input object),
+    so that each gets many of the values above."""
+    assert "Query.robotTelemetry.timeRange" in DURATION_ARGUMENTS
+    fields = _fields(anonymous=False, taking={"JSON", "Duration"})
+    assert {"updateProfile", "forgeSepulka", "sendRobotCommand", "robotTelemetry"} <= set(fields)
+    cases, variables, durations = target.cases["admin"], target.with_variables, target.with_durations
+    await _fuzz(target, anonymous=False, examples=JSON_AND_DURATION_EXAMPLES, taking={"JSON", "Duration"})
+    cases = target.cases["admin"] - cases
+    variables = target.with_variables - variables
+    durations = target.with_durations - durations
+    assert cases == JSON_AND_DURATION_EXAMPLES
+    # The generation reaches what it is for: NaN & co. as variables, and durations.
+    assert variables > 0 and durations > 0, (variables, durations)
+    print(
+        f"fuzz (JSON, durations): {cases} documents, {variables} with JSON variables, {durations} durations"
+    )
 
 
 # Text PostgreSQL cannot store: NUL characters, in plain arguments and inside JSON. Each must be

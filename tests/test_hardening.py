@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -18,10 +19,10 @@ from graphql import build_schema as build_sdl_schema
 from app.settings import Settings
 from app.web.errors import make_error_formatter
 from app.web.graphql_app import build_schema
-from app.web.http_security import API_CSP
+from app.web.http_security import API_CSP, PREFLIGHT_MESSAGE
 from app.web.query_limits import alias_limit_rule, cost_map, cost_rule, depth_limit_rule
 from tests.live import serving
-from tests.support import ADMIN, Api
+from tests.support import ADMIN, LOGIN, Api
 
 
 def cost_of(schema: Any, query: str, variables: dict[str, Any] | None = None) -> int:
@@ -311,3 +312,92 @@ async def test_answers_over_1_kb_are_gzipped(api: Api) -> None:
         "/graphql", json={"query": "{ __typename }"}, headers={"accept-encoding": "gzip"}
     )
     assert "content-encoding" not in small.headers
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+CREATE_FLOOR = (
+    "mutation($input: FactoryFloorInput!, $file: Upload!) { createFactoryFloor(input: $input, "
+    "blueprintFile: $file) { factoryFloor { id blueprintUrl } errors { code } } }"
+)
+
+
+async def multipart(
+    api: Api, query: str, variables: dict[str, Any], headers: dict[str, str], upload: str | None = None
+) -> httpx.Response:
+    """A GraphQL multipart request as a browser form could send it, plus `headers`."""
+    operations = json.dumps({"query": query, "variables": variables})
+    mapping = {"0": [f"variables.{upload}"]} if upload else {}
+    files = {"0": ("hall.png", PNG, "image/png")} if upload else {"x": ("", b"", "text/plain")}
+    return await api.client.post(
+        "/graphql", data={"operations": operations, "map": json.dumps(mapping)}, files=files, headers=headers
+    )
+
+
+async def test_a_multipart_request_a_foreign_form_could_send_runs_nothing(api: Api) -> None:
+    db = api.resources.db
+    credentials = {"email": ADMIN[0], "password": ADMIN[1]}
+    before = (
+        await db.fetchval("SELECT count(*) FROM audit_logs"),
+        await db.fetchval("SELECT count(*) FROM sessions"),
+    )
+    for headers in ({}, {"apollo-require-preflight": ""}, {"x-apollo-operation-name": " "}):
+        refused = await multipart(api, LOGIN, credentials, {"origin": "https://evil.example", **headers})
+        assert refused.status_code == 400
+        [error] = refused.json()["errors"]
+        assert error == {"message": PREFLIGHT_MESSAGE, "extensions": {"code": "BAD_USER_INPUT"}}
+    # Nothing ran: no login was audited, no session opened.
+    assert (
+        await db.fetchval("SELECT count(*) FROM audit_logs"),
+        await db.fetchval("SELECT count(*) FROM sessions"),
+    ) == before
+    # A header no foreign page can send without a preflight lets the same request run.
+    for headers in ({"apollo-require-preflight": "true"}, {"x-apollo-operation-name": "Login"}):
+        ran = await multipart(api, LOGIN, credentials, headers)
+        assert ran.status_code == 200
+        assert ran.json()["data"]["login"]["session"]["token"]
+    assert await db.fetchval("SELECT count(*) FROM sessions") == before[1] + 2
+
+
+async def test_form_and_text_bodies_stay_refused_with_415(api: Api) -> None:
+    for content_type, body in (
+        ("text/plain", json.dumps({"query": "mutation { logout }"})),
+        ("application/x-www-form-urlencoded", "query=mutation+%7B+logout+%7D"),
+    ):
+        for extra in ({}, {"apollo-require-preflight": "true"}):
+            response = await api.client.post(
+                "/graphql", content=body, headers={"content-type": content_type, **extra}
+            )
+            assert response.status_code == 415
+            assert codes(response) == ["BAD_USER_INPUT"]
+
+
+async def test_the_web_frontend_still_uploads_a_blueprint_from_its_origin(api: Api) -> None:
+    origin = "http://localhost:3000"
+    asked = ["apollo-require-preflight", "authorization", "x-apollo-operation-name"]
+    preflight = await api.client.options(
+        "/graphql",
+        headers={
+            "origin": origin,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": ", ".join(asked),
+        },
+    )
+    assert preflight.status_code == 200
+    allowed = preflight.headers["access-control-allow-headers"].lower().split(", ")
+    assert set(asked) <= set(allowed)
+    hall = {"name": "Upload hall", "widthMeters": 20, "heightMeters": 10, "scaleFactor": 5}
+    token = await api.token(*ADMIN)
+    # apollo-upload-client with `Apollo-Require-Preflight: true`, and a bearer token alone (it
+    # forces the preflight just the same).
+    for headers in ({"apollo-require-preflight": "true"}, {}):
+        response = await multipart(
+            api,
+            CREATE_FLOOR,
+            {"input": hall, "file": None},
+            {"origin": origin, "authorization": f"Bearer {token}", **headers},
+            upload="file",
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["access-control-allow-origin"] == origin
+        payload = response.json()["data"]["createFactoryFloor"]
+        assert payload["errors"] is None and payload["factoryFloor"]["blueprintUrl"].endswith(".png")

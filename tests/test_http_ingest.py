@@ -133,6 +133,37 @@ async def test_a_resent_seq_is_reported_duplicate_and_stored_once(api: Api) -> N
     assert await count(api, "SELECT count(*) FROM telemetry WHERE robot_id = $1 AND seq = 1042", ALPHA) == 1
 
 
+async def test_a_retransmission_stamped_with_a_new_ts_is_still_the_same_sample(api: Api) -> None:
+    key = (await create_key(api))["key"]
+    first = await post(api, f"/telemetry/{ALPHA}", telemetry(1050, batteryLevel=61.0), key=key)
+    # The robot did not hear the answer and sends the sample again, its ts taken at sending.
+    resent = await post(api, f"/telemetry/{ALPHA}", telemetry(1050, batteryLevel=61.0, ts=now(3)), key=key)
+    # Twice in one batch, minutes apart: the first copy counts.
+    batch = {"items": [telemetry(1051, ts=now(-120)), telemetry(1051), telemetry(1050, ts=now(-3600))]}
+    in_batch = await post(api, f"/telemetry/{ALPHA}/batch", batch, key=key)
+
+    assert first.json()["results"] == [{"index": 0, "status": "stored"}]
+    assert resent.json()["results"] == [{"index": 0, "status": "duplicate"}]
+    assert [r["status"] for r in in_batch.json()["results"]] == ["stored", "duplicate", "duplicate"]
+    rows = await api.resources.db.fetch(
+        "SELECT seq, count(*) AS n FROM telemetry WHERE robot_id = $1 AND seq IN (1050, 1051) GROUP BY seq",
+        ALPHA,
+    )
+    assert {row["seq"]: row["n"] for row in rows} == {1050: 1, 1051: 1}
+
+
+async def test_a_seq_repeated_more_than_a_day_later_is_a_new_sample(api: Api) -> None:
+    key = (await create_key(api))["key"]
+    old = telemetry(1060, ts=now(-25 * 3600))
+    assert (await post(api, f"/telemetry/{ALPHA}", old, key=key)).json()["stored"] == 1
+    # Outside the 24-hour window a seq may come back (a robot whose counter started over).
+    assert (await post(api, f"/telemetry/{ALPHA}", telemetry(1060), key=key)).json()["stored"] == 1
+    # Another robot's seq is its own.
+    beta_key = (await create_key(api, BETA))["key"]
+    assert (await post(api, f"/telemetry/{BETA}", telemetry(1060), key=beta_key)).json()["stored"] == 1
+    assert await count(api, "SELECT count(*) FROM telemetry WHERE seq = 1060") == 3
+
+
 async def test_a_single_rejected_item_answers_422_with_its_reason(api: Api) -> None:
     key = (await create_key(api))["key"]
     response = await post(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import os
 import signal
@@ -29,9 +30,11 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import MQTTv50
 
 from app.core.channels import channels
+from app.infra import db as database
 from app.ingest.messages import RawMessage
 from app.ingest.mqtt import forget_session
 from app.ingest.pipeline import Pipeline
+from app.ingest.writer import DEAD_LETTER_PREFIX_BYTES, PRUNE_SLICE, prune_dead_letters
 from app.settings import Settings
 from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02, WAREHOUSE_FLEET
 from tests.servers import MosquittoServer, free_port
@@ -530,9 +533,12 @@ async def test_fleet_channel_gets_one_message_per_batch(api: Api) -> None:
 
 async def test_metrics_endpoint_counts_messages_in_prometheus_format(api: Api) -> None:
     pipeline: Pipeline = api.components.pipeline
+    # A seq of its own: the seed holds ALPHA's seq 1..60 of the last hour, and a seq repeated
+    # within 24 hours is a duplicate.
+    sample = orjson.dumps(telemetry(1001))
     await pipeline.submit(
         [
-            RawMessage("http", f"robots/{ALPHA}/telemetry", ALPHA, "telemetry", orjson.dumps(telemetry(1))),
+            RawMessage("http", f"robots/{ALPHA}/telemetry", ALPHA, "telemetry", sample),
             RawMessage("http", f"robots/{ALPHA}/telemetry", ALPHA, "telemetry", b"{"),
         ]
     )
@@ -670,3 +676,129 @@ async def test_a_standalone_ingest_worker_serves_its_counters(
 
 async def count_is(conn: asyncpg.Connection, expected: int) -> bool:
     return int(await conn.fetchval("SELECT count(*) FROM telemetry WHERE seq >= 0")) >= expected
+
+
+async def test_an_oversized_message_is_dead_lettered_as_a_bounded_prefix_and_its_neighbours_are_stored(
+    ingest: Api, mosquitto: MosquittoServer
+) -> None:
+    # Under the test broker's 1 MiB packet limit and far over the 64 KiB ingest limit.
+    big = orjson.dumps(telemetry(2002, notes="x" * 900_000))
+    noise = os.urandom(200_000)  # not JSON, not even text
+    async with robot_client(mosquitto.url, ALPHA) as robot:
+        robot.send("telemetry", telemetry(2001, batteryLevel=70.0))
+        robot.send("telemetry", big)
+        robot.send("events", noise)
+        robot.send("telemetry", telemetry(2003, batteryLevel=69.0))
+        robot.send("events", {"seq": 2004, "ts": now_iso(), "type": "OBSTACLE_DETECTED"})
+        await eventually(
+            lambda: counted(ingest, "stored") + counted(ingest, "rejected") >= 5, what="all five messages"
+        )
+    letters = await ingest.resources.db.fetch(
+        "SELECT reason, topic, payload, payload_size, payload_sha256 FROM dead_letters ORDER BY id"
+    )
+    assert [(r["reason"], r["topic"]) for r in letters] == [
+        ("oversized", f"robots/{ALPHA}/telemetry"),
+        ("oversized", f"robots/{ALPHA}/events"),
+    ]
+    for letter, sent in zip(letters, [big, noise], strict=True):
+        assert bytes(letter["payload"]) == sent[:DEAD_LETTER_PREFIX_BYTES]
+        assert letter["payload_size"] == len(sent)
+        assert bytes(letter["payload_sha256"]) == hashlib.sha256(sent).digest()
+    stored_bytes = await ingest.resources.db.fetchval("SELECT sum(octet_length(payload)) FROM dead_letters")
+    assert stored_bytes == 2 * DEAD_LETTER_PREFIX_BYTES
+    # Nothing around them is lost.
+    assert [s["seq"] for s in await samples_of(ingest, ALPHA)] == [2001, 2003]
+    events = await ingest.resources.db.fetch("SELECT seq, type FROM robot_events WHERE robot_id = $1", ALPHA)
+    assert [(e["seq"], e["type"]) for e in events] == [(2004, "OBSTACLE_DETECTED")]
+    assert (await robot_row(ingest, ALPHA))["battery_level"] == 69.0
+    assert (counted(ingest, "stored"), counted(ingest, "rejected", "oversized")) == (3, 2)
+
+
+async def test_a_small_rejected_message_is_kept_whole_with_its_size_and_hash(api: Api) -> None:
+    await api.resources.db.execute(CLEAR_HISTORY)
+    payload = b'{"seq": 1, "ts": '
+    raw = RawMessage("http", f"robots/{ALPHA}/telemetry", ALPHA, "telemetry", payload)
+    [outcome] = await api.components.pipeline.submit([raw])
+    assert outcome.reason == "malformed_json"
+    letter = await api.resources.db.fetchrow("SELECT payload, payload_size, payload_sha256 FROM dead_letters")
+    assert (bytes(letter["payload"]), letter["payload_size"]) == (payload, len(payload))
+    assert bytes(letter["payload_sha256"]) == hashlib.sha256(payload).digest()
+
+
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (source, topic, robot_id, reason, detail, payload, payload_size, payload_sha256,
+                          received_at)
+SELECT 'mqtt', 'robots/x/telemetry', 'x', 'malformed_json', $2, '\\x7b', 1, sha256('\\x7b'),
+       now() - make_interval(secs => $3)
+FROM generate_series(1, $1)
+"""
+
+
+async def test_dead_letters_past_the_retention_are_pruned_and_recent_ones_kept(api: Api) -> None:
+    db = api.resources.db
+    await db.execute(CLEAR_HISTORY)
+    week = 7 * 86400
+    # More old rows than one pruning slice, so that pruning goes on until none is left.
+    await db.execute(INSERT_DEAD_LETTERS, PRUNE_SLICE + 5, "old", float(week + 60))
+    await db.execute(INSERT_DEAD_LETTERS, 3, "recent", float(week - 60))
+    await db.execute(INSERT_DEAD_LETTERS, 2, "new", 0.0)
+    assert await prune_dead_letters(db, week) == PRUNE_SLICE + 5
+    rows = await db.fetch("SELECT detail, count(*) AS n FROM dead_letters GROUP BY detail")
+    assert {r["detail"]: r["n"] for r in rows} == {"recent": 3, "new": 2}
+    assert await prune_dead_letters(db, week) == 0
+
+
+async def test_the_api_prunes_dead_letters_by_the_configured_retention(settings: Settings) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(CLEAR_HISTORY)
+        await conn.execute(INSERT_DEAD_LETTERS, 2, "old", 7200.0)
+        await conn.execute(INSERT_DEAD_LETTERS, 1, "recent", 60.0)
+    finally:
+        await conn.close()
+    # Housekeeping runs at start, then hourly.
+    async with Api.running(settings.replace(dead_letter_retention_s=3600)) as api:
+
+        async def only_recent_left() -> bool:
+            rows = await api.resources.db.fetch("SELECT detail FROM dead_letters")
+            return [r["detail"] for r in rows] == ["recent"]
+
+        assert await eventually(only_recent_left, what="the old dead letters pruned")
+
+
+async def test_the_migration_cuts_existing_dead_letters_down_to_their_prefix(
+    postgres_url: str, tmp_path: Any
+) -> None:
+    # The migrations before this one, applied to an empty database holding one large dead letter.
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for path in sorted(database.MIGRATIONS.glob("*.sql")):
+        if path.name < "20261202_01_dead_letter_bounds.sql":
+            (earlier / path.name).write_bytes(path.read_bytes())
+    name = f"sepulki_dead_letter_migration_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(postgres_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = postgres_url.rpartition("/")[0] + "/" + name
+    big = os.urandom(50_000)
+    try:
+        await database.migrate(url, earlier)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "INSERT INTO dead_letters (source, reason, payload) VALUES ('mqtt', 'oversized', $1), "
+                "('http', 'malformed_json', '\\x7b')",
+                big,
+            )
+            await database.migrate(url)
+            rows = await conn.fetch(
+                "SELECT payload, payload_size, payload_sha256 FROM dead_letters ORDER BY id"
+            )
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    assert [(bytes(r["payload"]), r["payload_size"], bytes(r["payload_sha256"])) for r in rows] == [
+        (big[:DEAD_LETTER_PREFIX_BYTES], len(big), hashlib.sha256(big).digest()),
+        (b"{", 1, hashlib.sha256(b"{").digest()),
+    ]

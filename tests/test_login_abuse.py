@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -199,6 +200,78 @@ async def test_replicas_sharing_redis_share_the_lockout(
             assert outcome(await attempt(one if n % 2 else two, email, "guess")) == INVALID
         assert outcome(await attempt(one, email, "guess")) == "RATE_LIMITED"
         assert outcome(await attempt(two, email, "guess")) == "RATE_LIMITED"
+
+
+def fresh_email() -> str:
+    # The Redis server outlives the test: its emails must be its own.
+    return f"target-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in record.getMessage() for record in caplog.records)
+
+
+async def test_while_redis_is_down_logins_go_on_under_stricter_local_limits_and_share_again_once_back(
+    settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sepulki.ratelimit")
+    shared = settings.replace(rate_limit_storage_url="async+" + redis_server.url, rate_limit_retry_s=0.5)
+    during, after = fresh_email(), fresh_email()
+    async with Api.running(shared) as one, Api.running(shared) as two:
+        assert outcome(await attempt(one, DEMO[0], DEMO[1])) == "signed in"
+        redis_server.stop()
+        try:
+            started = time.monotonic()
+            assert outcome(await attempt(one, DEMO[0], DEMO[1])) == "signed in"
+            assert time.monotonic() - started < 2, "the login waited on the dead Redis"
+            for _ in range(3):
+                assert outcome(await attempt(one, DEV[0], DEV[1])) == "signed in"
+            # Guesses are still limited, by this process alone and at half: "5/15 minutes" counts
+            # 2, so the third failure locks the email.
+            assert [outcome(await attempt(one, during, "guess")) for _ in range(3)] == [INVALID] * 3
+            assert outcome(await attempt(one, during, "guess")) == "RATE_LIMITED"
+            await asyncio.sleep(0.6)  # a retry of Redis fails again, silently
+            assert outcome(await attempt(one, during, "guess")) == "RATE_LIMITED"
+            assert logged(caplog, "rate-limit storage unavailable") == 1  # once per outage, not per request
+            # Another replica does not see this process's counts.
+            assert outcome(await attempt(two, during, "guess")) == INVALID
+            assert logged(caplog, "rate-limit storage unavailable") == 2
+        finally:
+            redis_server.start()
+        await asyncio.sleep(0.6)  # the next call after a retry interval asks Redis again
+
+        # Shared again, at the full limits: six failures on one replica lock the email on the other.
+        for _ in range(6):
+            assert outcome(await attempt(one, after, "guess")) == INVALID
+        assert outcome(await attempt(two, after, DEMO[1])) == "RATE_LIMITED"
+        assert logged(caplog, "rate-limit storage answers again") == 2
+        # The lock counted in memory during the outage holds until its window passes.
+        assert outcome(await attempt(one, during, "guess")) == "RATE_LIMITED"
+        assert outcome(await attempt(one, DEMO[0], DEMO[1])) == "signed in"
+
+
+async def test_health_stays_200_and_tells_that_redis_is_down_while_it_is(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    async with Api.running(settings) as alone:
+        # Limits in memory: there is no Redis to report.
+        assert (await alone.client.get("/health")).json() == {"status": "ok"}
+    shared = settings.replace(rate_limit_storage_url="async+" + redis_server.url)
+    async with Api.running(shared) as api:
+        healthy = await api.client.get("/health")
+        assert (healthy.status_code, healthy.json()) == (200, {"status": "ok", "redis": "ok"})
+        redis_server.stop()
+        try:
+            degraded = await api.client.get("/health")
+            assert (degraded.status_code, degraded.json()) == (200, {"status": "degraded", "redis": "down"})
+            assert api.resources.limiter.degraded
+            assert outcome(await attempt(api, DEMO[0], DEMO[1])) == "signed in"
+        finally:
+            redis_server.start()
+        # /health asks Redis itself, so it also ends the degraded mode at once.
+        back = await api.client.get("/health")
+        assert (back.status_code, back.json()) == (200, {"status": "ok", "redis": "ok"})
+        assert not api.resources.limiter.degraded
 
 
 async def test_the_lock_can_be_lifted_once_the_owner_proved_who_they_are(api: Api) -> None:

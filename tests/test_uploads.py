@@ -83,5 +83,7 @@ async def test_anonymous_upload_is_unauthenticated(api: Api) -> None:
             "map": json.dumps({"0": ["variables.file"]}),
         },
         files={"0": ("prog.json", b"{}", "application/json")},
+        # As apollo-upload-client sends it: multipart requests need a preflight-forcing header.
+        headers={"apollo-require-preflight": "true"},
     )
     assert codes(anonymous) == [("UNAUTHENTICATED", None)]

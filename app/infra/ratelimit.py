@@ -1,17 +1,43 @@
 """Rate limits and login lockout, counted by `limits` (memory in one process, Redis across
-replicas), with moving windows so a burst at a window's edge cannot double the allowance."""
+replicas), with moving windows so a burst at a window's edge cannot double the allowance.
+
+Degraded mode (docs/security.md): when the shared storage (Redis) fails, counting goes on in this
+process's memory at half of every limit (at least 1), so a login or a request never fails because
+Redis is down. The first failure of an outage logs one warning; the storage is tried again every
+`SEPULKI_RATE_LIMIT_RETRY_S` seconds (by one call; the others keep counting locally) and by every
+`storage_state()` (`/health`); the first answer logs once and the shared limits apply again. A
+lock counted in memory during an outage keeps holding after it until its window passes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from limits.storage import storage_from_string
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.core.errors import RateLimited
 from app.settings import Settings
+
+log = logging.getLogger("sepulki.ratelimit")
+
+# A command to Redis waits at most this long to connect and again for its answer; one immediate
+# retry covers a pooled connection that died with a Redis restart. (redis-py's default, three
+# retries with backoff from 1 s, would hold a login for seconds while Redis is down.)
+REDIS_TIMEOUT_S = 1.0
+
+StorageState = Literal["ok", "down"]
+# What one limiter call does with a strategy: answers the seconds to wait, or None.
+_Op = Callable[[MovingWindowRateLimiter, RateLimitItem, str, str], Awaitable[float | None]]
 
 
 def storage_url(settings: Settings) -> str:
@@ -27,15 +53,37 @@ def _key(value: str) -> str:
     return hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
 
 
+def _halved(item: RateLimitItem) -> RateLimitItem:
+    return type(item)(max(1, item.amount // 2), item.multiples, item.namespace)
+
+
+async def _wait(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> float:
+    stats = await strategy.get_window_stats(item, rule, key)
+    return max(1.0, stats.reset_time - time.time())
+
+
+async def _hit(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> float | None:
+    if await strategy.hit(item, rule, key):
+        return None
+    return await _wait(strategy, item, rule, key)
+
+
+async def _test(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> float | None:
+    if await strategy.test(item, rule, key):
+        return None
+    return await _wait(strategy, item, rule, key)
+
+
+async def _clear(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> None:
+    await strategy.clear(item, rule, key)
+
+
 class RateLimiter:
     """Named rules from the settings (`login_ip`, `login_account`, `login_lockout`, `mail_ip`,
     `mail_account`, `request_ip`); an empty or "0" rule never limits."""
 
     def __init__(self, settings: Settings) -> None:
         url = storage_url(settings)
-        options = {"implementation": "redispy"} if "redis" in url else {}
-        self._storage = storage_from_string(url, **options)
-        self._strategy = MovingWindowRateLimiter(self._storage)
         rules = {
             "login_ip": settings.login_rate_limit_ip,
             "login_account": settings.login_rate_limit_account,
@@ -47,22 +95,43 @@ class RateLimiter:
         self._rules: dict[str, RateLimitItem | None] = {
             name: parse(rule) if rule.strip() not in {"", "0"} else None for name, rule in rules.items()
         }
+        self._storage: Storage | None = None
+        self._shared: MovingWindowRateLimiter | None = None
+        if not url.startswith("async+memory"):
+            options: dict[str, Any] = {"wrap_exceptions": True}
+            if "redis" in url:
+                options |= {
+                    "implementation": "redispy",
+                    "socket_connect_timeout": REDIS_TIMEOUT_S,
+                    "socket_timeout": REDIS_TIMEOUT_S,
+                    "retry": Retry(NoBackoff(), 1),
+                }
+            storage = storage_from_string(url, **options)
+            if not isinstance(storage, Storage):
+                raise ValueError("SEPULKI_RATE_LIMIT_STORAGE_URL must name an asyncio storage (async+...)")
+            self._storage = storage
+            self._shared = MovingWindowRateLimiter(storage)
+        # Memory: the only storage, or the fallback of the shared one at half the limits.
+        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._local_rules = {
+            name: _halved(item) if item is not None and self._shared is not None else item
+            for name, item in self._rules.items()
+        }
+        self._retry_s = settings.rate_limit_retry_s
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        # Memory holds counts of an outage (a lock among them) that still apply after it.
+        self._outage_counts = False
 
     async def retry_after(self, rule: str, key: str) -> float | None:
         """Seconds until `key` may try again under `rule`; None when it may now."""
-        item = self._rules[rule]
-        if item is None or await self._strategy.test(item, rule, _key(key)):
-            return None
-        stats = await self._strategy.get_window_stats(item, rule, _key(key))
-        return max(1.0, stats.reset_time - time.time())
+        return await self._ask(rule, key, _test, with_outage_counts=True)
 
     async def hit(self, rule: str, key: str, message: str = "Too many requests") -> None:
         """Counts one attempt; raises `RateLimited` when `key` has none left under `rule`."""
-        item = self._rules[rule]
-        if item is None or await self._strategy.hit(item, rule, _key(key)):
-            return
-        stats = await self._strategy.get_window_stats(item, rule, _key(key))
-        raise RateLimited(message, retry_after=max(1.0, stats.reset_time - time.time()))
+        wait = await self._ask(rule, key, _hit)
+        if wait is not None:
+            raise RateLimited(message, retry_after=wait)
 
     async def check(self, rule: str, key: str, message: str = "Too many requests") -> None:
         """Raises `RateLimited` when `key` has no attempt left under `rule`, without counting one."""
@@ -71,6 +140,79 @@ class RateLimiter:
             raise RateLimited(message, retry_after=wait)
 
     async def clear(self, rule: str, key: str) -> None:
+        await self._ask(rule, key, _clear, with_outage_counts=True)
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared storage is failing and limits count in this process."""
+        return self._down_since is not None
+
+    async def storage_state(self) -> StorageState | None:
+        """Whether the shared storage answers a ping now ("ok"/"down"; None when counts live in
+        memory only); the answer moves the limiter in or out of degraded mode like any call."""
+        if self._storage is None:
+            return None
+        try:
+            async with asyncio.timeout(2 * REDIS_TIMEOUT_S):
+                answered = await self._storage.check()
+        except (StorageError, OSError):  # TimeoutError is an OSError
+            answered = False
+        if answered:
+            self._back()
+            return "ok"
+        self._lost("no answer to a ping")
+        return "down"
+
+    # -- the shared storage, or memory while it fails ------------------------------------------
+
+    async def _ask(self, rule: str, key: str, op: _Op, *, with_outage_counts: bool = False) -> float | None:
         item = self._rules[rule]
-        if item is not None:
-            await self._strategy.clear(item, rule, _key(key))
+        if item is None:
+            return None
+        hashed = _key(key)
+        local_item = self._local_rules[rule]
+        assert local_item is not None
+        if self._shared is not None and self._shared_turn():
+            try:
+                wait = await op(self._shared, item, rule, hashed)
+            except (StorageError, OSError) as exc:
+                self._lost(f"{type(exc.__cause__ or exc).__name__}: {exc}")
+            else:
+                self._back()
+                if not (with_outage_counts and self._outage_counts):
+                    return wait
+                local = await op(self._local, local_item, rule, hashed)
+                return max(wait, local) if wait is not None and local is not None else wait or local
+        return await op(self._local, local_item, rule, hashed)
+
+    def _shared_turn(self) -> bool:
+        """Whether this call goes to the shared storage: always while it works; during an outage
+        one call per retry interval."""
+        if self._down_since is None:
+            return True
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        self._next_try = now + self._retry_s
+        return True
+
+    def _lost(self, reason: str) -> None:
+        self._next_try = time.monotonic() + self._retry_s
+        if self._shared is not None:
+            self._outage_counts = True
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning(
+                "rate-limit storage unavailable (%s): limits count in this process at half until it "
+                "answers (tried again every %g s)",
+                reason,
+                self._retry_s,
+            )
+
+    def _back(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "rate-limit storage answers again after %.0f s: the shared limits apply",
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None

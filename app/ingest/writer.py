@@ -14,6 +14,12 @@ new rows move the robot rows and reach the event log. Each sample's bellows entr
 here (orjson) and PostgreSQL only joins those of the new samples: building 3,000 JSON objects per
 batch with jsonb_build_object took a third of the statement's time.
 
+A telemetry sample is identified by (robot_id, seq), but the table's key is (robot_id, seq, ts)
+because partitions by time need ts in every unique key. So a sample whose (robot_id, seq) is
+already stored with a `ts` within `DEDUP_WINDOW` of its own is a duplicate too (a retransmission
+stamped anew): one probe of the primary key per sample, in the same statement. It sees committed
+rows only: two copies committed at the same instant by different workers could both be stored.
+
 The fleet's bellows event is coalesced to the latest sample of each robot in the batch: one entry
 per metric of that robot's newest telemetry sample (by ts, then seq; status messages and samples
 without metrics do not count), plus all robot events. Robots send at 10 Hz and a batch closes 25 ms
@@ -28,17 +34,18 @@ part of the statement (~12 of ~30 ms, `bench/RESULTS.md`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from app.bellows import UNITS
 from app.core.channels import channels
-from app.infra.db import Connection
+from app.infra.db import Connection, Pool
 from app.ingest.messages import (
     DUPLICATE,
     STORED,
@@ -53,10 +60,14 @@ from app.ingest.messages import (
 
 log = logging.getLogger("sepulki.ingest")
 
+# A sample repeating a stored sample's (robot_id, seq) with a `ts` less than this apart is a
+# duplicate (docs/ingest.md); robots must not reuse a seq within it.
+DEDUP_WINDOW = timedelta(hours=24)
+
 # $1-$8 samples (telemetry, and status messages stored as samples carrying only the status: they
 # share the idempotency key, so a retained status delivered again is a duplicate and does not
 # overwrite newer state), $22 their bellows entries (only each robot's newest sample has any);
-# $9-$15 robot events; $16-$21 dead letters; $23-$25 channel names.
+# $9-$15 robot events; $16-$21 dead letters (+ $27-$28); $23-$25 channel names; $26 the dedup window.
 #
 # Robot rows: lastSeen moves to the newest new message (never back, never past now()); battery,
 # health and pose come from the newest new telemetry sample (a field it leaves out keeps its value)
@@ -73,6 +84,11 @@ WITH s AS (
   SELECT s.robot_id::uuid, r.fleet_id, s.seq, s.ts, coalesce(s.status::robot_status, r.status),
          s.battery_level, s.health_score, s.pose::jsonb, s.metrics::jsonb
   FROM s JOIN robots r ON r.id = s.robot_id::uuid
+  WHERE NOT EXISTS (
+    SELECT FROM telemetry t
+    WHERE t.robot_id = s.robot_id::uuid AND t.seq = s.seq
+      AND t.ts BETWEEN s.ts - $26::interval AND s.ts + $26::interval
+  )
   ON CONFLICT DO NOTHING
   RETURNING robot_id, fleet_id, seq, ts, battery_level, health_score, pose, metrics
 ), new AS (
@@ -89,8 +105,9 @@ WITH s AS (
   ON CONFLICT (robot_id, seq) DO NOTHING
   RETURNING id, robot_id, fleet_id, seq, ts, type, severity, message, data
 ), dead AS (
-  INSERT INTO dead_letters (source, topic, robot_id, reason, detail, payload)
-  SELECT * FROM unnest($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bytea[])
+  INSERT INTO dead_letters (source, topic, robot_id, reason, detail, payload, payload_size, payload_sha256)
+  SELECT * FROM unnest($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::bytea[],
+                       $27::bigint[], $28::bytea[])
 ), seen AS (
   SELECT robot_id, max(ts) AS seen
   FROM (SELECT robot_id, ts FROM new UNION ALL SELECT robot_id, ts FROM ins_e) AS x
@@ -155,6 +172,17 @@ WHERE NOT EXISTS (SELECT FROM new WHERE new.robot_id = s.robot_id::uuid AND new.
 UNION ALL
 SELECT 'duplicate_event', NULL, NULL, NULL, e.robot_id, e.seq, NULL FROM e
 WHERE NOT EXISTS (SELECT FROM ins_e WHERE ins_e.robot_id = e.robot_id::uuid AND ins_e.seq = e.seq)
+"""
+
+# A dead letter keeps this much of the payload, with the whole payload's size and SHA-256: enough
+# to see what was sent, and one oversized message costs the table 4 KiB, not what it weighed.
+DEAD_LETTER_PREFIX_BYTES = 4096
+# Dead letters are pruned in slices this large, so a long backlog never holds one huge delete.
+PRUNE_SLICE = 10_000
+PRUNE_DEAD_LETTERS = """
+DELETE FROM dead_letters WHERE id IN (
+  SELECT id FROM dead_letters WHERE received_at < now() - make_interval(secs => $1) LIMIT $2
+)
 """
 
 ApplyAcks = Callable[[Connection, list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
@@ -224,14 +252,14 @@ async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyA
     acks: list[Entry] = []
     rejected: list[Entry] = []
     # A key seen twice in one batch (a redelivery that caught up with its original): the first
-    # copy is written, the others are duplicates.
-    sample_keys: dict[tuple[str, int, datetime], Entry] = {}
+    # copy is written, the others are duplicates. Samples: (robot_id, seq), whatever their ts.
+    sample_keys: dict[tuple[str, int], Entry] = {}
     event_keys: dict[tuple[str, int], Entry] = {}
     for entry in entries:
         item = entry.item
         kind = type(item)
         if kind is Sample:
-            key = (item.robot_id, item.seq, item.ts)  # type: ignore[union-attr]
+            key = (item.robot_id, item.seq)  # type: ignore[union-attr]
             if key in sample_keys:
                 entry.outcome = DUPLICATE
             else:
@@ -282,11 +310,14 @@ async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyA
         [e.robot_id or e.raw.robot_id for e in rejected],
         [r.reason for r in bad],
         [r.detail for r in bad],
-        [e.raw.payload for e in rejected],
+        [e.raw.payload[:DEAD_LETTER_PREFIX_BYTES] for e in rejected],
         [_bellows(x) if newest.get(x.robot_id) is x else "" for x in s],
         channels.bellows(""),
         channels.robot_status(""),
         channels.ROBOT_STATUS_ALL,
+        DEDUP_WINDOW,
+        [len(e.raw.payload) for e in rejected],
+        [hashlib.sha256(e.raw.payload).digest() for e in rejected],
     )
     # Rows come back only for events to publish and for messages that were not new (usually none).
     for entry in samples:
@@ -299,7 +330,7 @@ async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyA
     for row in rows:
         kind = row["kind"]
         if kind == "duplicate_sample":
-            sample_keys[(row["robot_id"], row["seq"], row["ts"])].outcome = DUPLICATE
+            sample_keys[(row["robot_id"], row["seq"])].outcome = DUPLICATE
         elif kind == "duplicate_event":
             event_keys[(row["robot_id"], row["seq"])].outcome = DUPLICATE
         else:
@@ -331,3 +362,14 @@ async def _apply_acks(
         entry.outcome = STORED if ack.command_id in changed else DUPLICATE
         changed.discard(ack.command_id)
     return changes
+
+
+async def prune_dead_letters(pool: Pool, keep_s: int) -> int:
+    """Deletes dead letters received more than `keep_s` seconds ago; returns how many."""
+    deleted = 0
+    while True:
+        status: str = await pool.execute(PRUNE_DEAD_LETTERS, float(keep_s), PRUNE_SLICE)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < PRUNE_SLICE:
+            return deleted

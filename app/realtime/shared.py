@@ -2,8 +2,10 @@
 
 Sockets running the same document (one DocumentNode per query text, from the parse cache) with
 the same variables, for viewers of the same role and permissions, share one execution and one
-JSON text per event. This holds because fields of types reachable from subscriptions depend on
-nothing else of the viewer (identity only matters to some Query and Mutation fields): keep it so.
+JSON text per event. Fields whose answer depends on who asks, not only on their permissions (a
+smith's private fields: their own or, with MANAGE_SMITHS, anyone's), carry `PER_VIEWER` in their
+`GraphQLField.extensions` (app.web.directives' `@selfOr`); an operation selecting one whose
+permission the viewer lacks shares only with sockets of the same viewer.
 
 The caches are per application, not per process: `SharedEventExecutor.for_app()` returns an
 executor class bound to state of its own (tests and embedded mode may run several apps in one
@@ -20,6 +22,7 @@ from inspect import isawaitable
 from typing import Any, ClassVar
 
 import orjson
+from graphql import FieldNode, Node, TypeInfo, TypeInfoVisitor, Visitor, visit
 from graphql.execution.executor_throwing_on_incremental import ExecutorThrowingOnIncremental
 from starlette.websockets import WebSocket
 
@@ -29,6 +32,10 @@ from app.infra.bus import Event
 # The id of the event whose result the current task is about to send: set by the Subscription
 # field's resolver (or a shared result), read back by EventIdSocket in the same task.
 EVENT_ID: ContextVar[int | None] = ContextVar("sepulki_event_id", default=None)
+
+# The key, in a field's extensions, of the permission under which its answer no longer depends on
+# the viewer's identity (without it, each viewer sees only their own value).
+PER_VIEWER = "sepulki_per_viewer"
 
 
 class _SharedResults:
@@ -130,12 +137,32 @@ class SharedEventExecutor(ExecutorThrowingOnIncremental):
             if isinstance(viewer, Viewer):
                 variables = tuple(sorted(self.variable_values.coerced.items()))
                 key = (id(self.operation), variables, viewer.role, viewer.permissions)
+                if self._selects_per_viewer_fields(viewer):
+                    key = (*key, viewer.id)
                 try:
                     hash(key)
                 except TypeError:  # an input object among the variables
                     key = None
             self._share_key = key
         return self._share_key  # type: ignore[no-any-return]
+
+    def _selects_per_viewer_fields(self, viewer: Viewer) -> bool:
+        """Whether the operation (its fragments included) selects a field that answers this
+        viewer differently from others of the same permissions. Once per subscription."""
+        type_info = TypeInfo(self.schema)
+        found: list[bool] = []
+
+        class PerViewer(Visitor):
+            def enter_field(self, node: FieldNode, *_: Any) -> None:
+                field = type_info.get_field_def()
+                perm = field.extensions.get(PER_VIEWER) if field is not None else None
+                if perm is not None and not viewer.can(perm):
+                    found.append(True)
+
+        nodes: list[Node] = [self.operation, *(f.definition for f in self.fragments.values())]
+        for node in nodes:
+            visit(node, TypeInfoVisitor(type_info, PerViewer()))
+        return bool(found)
 
     def build_per_event_executor(self, payload: Any) -> Any:
         if isinstance(payload, Event):

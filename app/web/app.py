@@ -30,7 +30,13 @@ from app.settings import Settings
 from app.web import sse
 from app.web.connection import context_for
 from app.web.graphql_app import build_schema, create_graphql_app
-from app.web.http_security import BodySizeLimit, RequestRateLimit, SecurityHeaders
+from app.web.http_security import (
+    BodySizeLimit,
+    PreflightRequired,
+    RequestRateLimit,
+    SecurityHeaders,
+    bearer_guarded,
+)
 from app.web.websocket import AuthenticatingWSHandler
 from app.workers import Running, run_components
 
@@ -83,7 +89,7 @@ def create_app(
     settings = settings or Settings.from_env()
     holder = ResourcesHolder()
     schema = build_schema()
-    websockets = AuthenticatingWSHandler(lambda: holder.resources, on_connect=_on_ws_connect)
+    websockets = AuthenticatingWSHandler(lambda: holder.resources, settings, on_connect=_on_ws_connect)
     graphql = create_graphql_app(settings, schema, _context_factory(holder), websockets, caches=caches)
     uploads_dir = settings.data_dir / "uploads"
 
@@ -107,14 +113,26 @@ def create_app(
         if resources is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         await resources.db.fetchval("SELECT 1")
-        return JSONResponse({"status": "ok"})
+        # Redis down degrades the API (limits count per process) but does not stop it: still 200,
+        # or every replica sharing that Redis would leave the load balancer at once.
+        redis = await resources.limiter.storage_state()
+        if redis is None:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok" if redis == "ok" else "degraded", "redis": redis})
 
     uploads_dir.mkdir(parents=True, exist_ok=True)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
         Route("/health", health),
-        Route("/metrics", metrics_endpoint(holder.ingest_metrics)),
+        Route(
+            "/metrics",
+            bearer_guarded(
+                metrics_endpoint(holder.ingest_metrics),
+                token=settings.metrics_token,
+                production=settings.production,
+            ),
+        ),
         *http_ingest.routes(lambda: holder.resources, holder.pipeline),
         *sse.routes(),
         Mount("/uploads", StaticFiles(directory=Path(uploads_dir), check_dir=False), name="uploads"),
@@ -132,6 +150,7 @@ def create_app(
                 "content-type",
                 "x-api-key",
                 "apollo-require-preflight",
+                "x-apollo-operation-name",
                 "last-event-id",
             ],
             max_age=600,
@@ -149,6 +168,8 @@ def create_app(
             upload_limit=floors.MAX_BLUEPRINT_BYTES + settings.max_body_bytes,
             paths=["/graphql"],
         ),
+        # Multipart bodies need a header that forces a CORS preflight (docs/security.md).
+        Middleware(PreflightRequired, paths=["/graphql"]),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.resources_holder = holder

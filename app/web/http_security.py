@@ -1,16 +1,19 @@
 """HTTP-level protection of the API: security headers, the request body limit, the per-IP
-request rate limit, and GraphQL-shaped answers for requests refused before GraphQL runs."""
+request rate limit, the preflight rule of multipart requests, the bearer token of /metrics, and
+GraphQL-shaped answers for requests refused before GraphQL runs."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.responses import Response
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import RateLimited
@@ -235,3 +238,62 @@ class RequestRateLimit:
             # A coarse abuse guard must not take the API down with its storage (Redis): fail open.
             log.warning("request rate limit unavailable, request let through: %r", exc)
         await self.app(scope, receive, send)
+
+
+# Headers no browser sends cross-origin without a CORS preflight (none is CORS-safelisted), which
+# the allow-list then refuses for foreign origins: a request carrying one of them, non-empty,
+# cannot come from another site's <form>. The first two are what Apollo clients send.
+PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name", "authorization")
+PREFLIGHT_MESSAGE = (
+    "multipart/form-data requests must carry a non-empty Apollo-Require-Preflight header (or "
+    "X-Apollo-Operation-Name, or Authorization): without one a request could come from another "
+    "site's form (CSRF)"
+)
+
+
+class PreflightRequired:
+    """Refuses a multipart/form-data POST to `paths` that carries none of PREFLIGHT_HEADERS with
+    400 (`BAD_USER_INPUT`), before its body is read: a browser sends such a body cross-site
+    without asking first, so GraphQL would otherwise run another site's mutations. JSON bodies
+    already force a preflight; text/plain and form-encoded bodies are refused (415) by the handler."""
+
+    def __init__(self, app: ASGIApp, *, paths: Collection[str]) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        media = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "multipart/form-data" or any(headers.get(name, "").strip() for name in PREFLIGHT_HEADERS):
+            await self.app(scope, receive, send)
+            return
+        response = graphql_error_response(
+            400, PREFLIGHT_MESSAGE, "BAD_USER_INPUT", media_type=_media_type_for(scope)
+        )
+        await response(scope, receive, send)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def bearer_guarded(endpoint: Endpoint, *, token: str | None, production: bool) -> Endpoint:
+    """`endpoint` (GET /metrics) behind `Authorization: Bearer <token>` when a token is set
+    (anything else: 401); without a token open outside production and 404 in production, where
+    counters must not be public on the API's port."""
+
+    async def guarded(request: Request) -> Response:
+        if token is None:
+            if production:
+                return PlainTextResponse("Not Found", status_code=404)
+            return await endpoint(request)
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+            return PlainTextResponse(
+                "Unauthorized", status_code=401, headers={"www-authenticate": 'Bearer realm="metrics"'}
+            )
+        return await endpoint(request)
+
+    return guarded

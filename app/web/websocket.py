@@ -1,6 +1,10 @@
 """The graphql-transport-ws handler: a socket's token is checked once, at `connection_init`;
 signed-in sockets close (4403) when their token expires or their session is revoked; subscription
-operations run on the application's SharedEventExecutor."""
+operations run on the application's SharedEventExecutor. What one client may hold and send
+(app/web/ws_limits.py) is enforced here: sockets per IP and per smith, messages per second,
+subscriptions per socket and per smith, the connection_init wait and anonymous idle sockets.
+Longer than 400 lines: each rule hooks into one of Ariadne's protocol methods, and those overrides
+read best side by side."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import timedelta
 from inspect import isawaitable
 from typing import Any, cast
 
@@ -30,14 +35,21 @@ from app.core.errors import Unauthenticated
 from app.infra.bus import BACK, Event, SubscriberOverflow
 from app.realtime.shared import EventIdSocket, SharedEventExecutor
 from app.resources import Resources
+from app.settings import Settings
+from app.web import ws_limits
 from app.web.connection import context_for
+from app.web.ws_limits import SocketLimits, SocketState
 
 log = logging.getLogger("sepulki.realtime")
 
 
 _EXPIRY_TIMER = "sepulki.expiry_timer"
+_IDLE_TIMER = "sepulki.idle_timer"
 _SESSION_SOCKET = "sepulki.session_socket"
+_LIMITS = "sepulki.ws_limits"
 SESSION_REVOKED = "Session revoked"
+INIT_TIMEOUT = "Connection initialisation timeout"
+IDLE = "Idle"
 
 
 class _SessionSocket:
@@ -150,24 +162,68 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
     or revoked: closed with 4403 at once, rather than failing each later subscribe. No token at
     all is an anonymous socket, which may still use the public fields. A signed-in socket is
     closed with 4403 when its token expires ("Token expired"), since the viewer is not re-checked
-    per event, and when its session is revoked ("Session revoked", see SessionSockets)."""
+    per event, and when its session is revoked ("Session revoked", see SessionSockets).
 
-    def __init__(self, resources: Callable[[], Resources | None], **kwargs: Any) -> None:
+    Limits (docs/security.md): a socket past its IP's or its smith's socket cap, or sending
+    messages faster than its token bucket allows, is closed with 4429; a subscription past the
+    socket's or the smith's cap gets an `error` (RATE_LIMITED) and the socket stays open;
+    no `connection_init` in time closes with 4408, and an anonymous socket running nothing closes
+    (1000 "Idle") once idle."""
+
+    def __init__(self, resources: Callable[[], Resources | None], settings: Settings, **kwargs: Any) -> None:
+        kwargs.setdefault("connection_init_wait_timeout", timedelta(seconds=settings.ws_init_timeout_s))
         super().__init__(**kwargs)
         self._resources = resources
         self.executor = SharedEventExecutor.for_app()
         self.sessions = SessionSockets(self._close_revoked)
+        self.limits = SocketLimits(settings)
+        self.anonymous_idle_s = settings.ws_anonymous_idle_s
 
     async def handle_websocket(self, websocket: WebSocket) -> None:
+        client = websocket.client
+        state = self.limits.admit_socket(client.host if client else "unknown")
+        if state is None:
+            # Accepted to be closed: the close code reaches the client, a refused handshake's does not.
+            with contextlib.suppress(RuntimeError, OSError):
+                await websocket.accept("graphql-transport-ws")
+                await websocket.close(code=ws_limits.CLOSE_TOO_MANY, reason=ws_limits.TOO_MANY_CONNECTIONS)
+            return
+        websocket.scope[_LIMITS] = state
         try:
             await super().handle_websocket(websocket)
         finally:
-            timer = websocket.scope.pop(_EXPIRY_TIMER, None)
-            if timer is not None:
-                timer.cancel()
+            for name in (_EXPIRY_TIMER, _IDLE_TIMER):
+                timer = websocket.scope.pop(name, None)
+                if timer is not None:
+                    timer.cancel()
             entry = websocket.scope.pop(_SESSION_SOCKET, None)
             if entry is not None:
                 self.sessions.discard(entry)
+            self.limits.release_socket(state)
+
+    async def handle_websocket_message(
+        self, websocket: WebSocket, message: dict, client_context: ClientContext
+    ) -> None:
+        state: SocketState | None = websocket.scope.get(_LIMITS)
+        if state is not None and not state.bucket.take():
+            too_many = ws_limits.CLOSE_TOO_MANY
+            await self._close(websocket, client_context, too_many, ws_limits.TOO_MANY_MESSAGES)
+            return
+        if not isinstance(message, dict):
+            # What Ariadne answers a message of an unknown type; it would fail on a non-object.
+            await self._close(websocket, client_context, 4400, "Invalid message")
+            return
+        if state is not None and message.get("type") == self.GQL_SUBSCRIBE:
+            state.active_at = time.monotonic()
+        await super().handle_websocket_message(websocket, message, client_context)
+
+    async def handle_connection_init_timeout(
+        self, websocket: WebSocket, client_context: ClientContext
+    ) -> None:
+        """Ariadne's, with the reason graphql-transport-ws names."""
+        await asyncio.sleep(self.connection_init_wait_timeout.total_seconds())
+        if not client_context.connection_init_received:
+            await self._close(websocket, client_context, 4408, INIT_TIMEOUT)
 
     async def handle_websocket_subscribe(
         self,
@@ -176,7 +232,8 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         operation_id: str,
         client_context: ClientContext,
     ) -> None:
-        """Ariadne 1.1's, but for one thing: subscriptions run on SharedEventExecutor."""
+        """Ariadne 1.1's, but subscriptions run on SharedEventExecutor and each takes a slot of the
+        socket's and the smith's caps until it ends."""
         if not client_context.connection_acknowledged:
             await websocket.close(code=4401)
             return
@@ -197,21 +254,37 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
             await super().handle_websocket_subscribe(websocket, data, operation_id, client_context)
             return
         assert self.schema is not None, "configure() sets the schema"
-        success, results = await subscribe(
-            self.schema,
-            data,
-            context_value=context_value,
-            root_value=self.root_value,
-            query_document=query_document,
-            query_validator=self.query_validator,
-            validation_rules=self.validation_rules,
-            debug=self.debug,
-            introspection=self.introspection,
-            logger=self.logger,
-            error_formatter=self.error_formatter,
-            executor_class=self.executor,
-        )
+        state: SocketState | None = websocket.scope.get(_LIMITS)
+        smith_id = state.smith_id if state is not None else None
+        if state is not None:
+            refusal = self.limits.reserve_subscription(state)
+            if refusal is not None:
+                refused = GraphQLError(refusal, extensions={"code": "RATE_LIMITED"})
+                payload = [self.error_formatter(refused, self.debug)]
+                await websocket.send_json({"type": self.GQL_ERROR, "id": operation_id, "payload": payload})
+                return
+        try:
+            success, results = await subscribe(
+                self.schema,
+                data,
+                context_value=context_value,
+                root_value=self.root_value,
+                query_document=query_document,
+                query_validator=self.query_validator,
+                validation_rules=self.validation_rules,
+                debug=self.debug,
+                introspection=self.introspection,
+                logger=self.logger,
+                error_formatter=self.error_formatter,
+                executor_class=self.executor,
+            )
+        except BaseException:
+            if state is not None:
+                self.limits.release_subscription(state, smith_id)
+            raise
         if not success:
+            if state is not None:
+                self.limits.release_subscription(state, smith_id)
             errors = results if isinstance(results, list) else [results]
             await websocket.send_json({"type": self.GQL_ERROR, "id": operation_id, "payload": errors})
             return
@@ -229,9 +302,12 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
                     error = GraphQLError(str(error), original_error=error)
                 log_error(error, self.logger)
         # Kept so that a `complete` from the client can cancel it.
-        client_context.operation_tasks[operation_id] = asyncio.ensure_future(
+        task = client_context.operation_tasks[operation_id] = asyncio.ensure_future(
             self.observe_async_results(websocket, results, operation_id, client_context)
         )
+        if state is not None:
+            # However the operation ends (its stream, `complete`, the socket closing), its slot frees.
+            task.add_done_callback(lambda _task: self.limits.release_subscription(state, smith_id))
 
     async def observe_async_results(
         self,
@@ -273,6 +349,10 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
                 websocket.scope[_EXPIRY_TIMER] = asyncio.create_task(
                     self._close_at_expiry(websocket, client_context, expires_at)
                 )
+            elif token is None and client_context.connection_acknowledged:
+                websocket.scope[_IDLE_TIMER] = asyncio.create_task(
+                    self._close_when_idle(websocket, client_context)
+                )
         finally:
             entry = websocket.scope.get(_SESSION_SOCKET)
             if entry is not None:
@@ -301,7 +381,12 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         except Exception:
             log.exception("websocket authentication failed")
             return 1011, "Internal server error"
-        return claims.expires_at if viewer is not None else (4403, "Forbidden")
+        if viewer is None:
+            return 4403, "Forbidden"
+        state: SocketState | None = websocket.scope.get(_LIMITS)
+        if state is not None and not self.limits.admit_smith(state, viewer.id):
+            return ws_limits.CLOSE_TOO_MANY, ws_limits.TOO_MANY_CONNECTIONS
+        return claims.expires_at
 
     async def _close_at_expiry(
         self, websocket: WebSocket, client_context: ClientContext, expires_at: int
@@ -309,15 +394,34 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         await asyncio.sleep(max(0.0, expires_at - time.time()))
         await self._shut(websocket, client_context, "Token expired")
 
+    async def _close_when_idle(self, websocket: WebSocket, client_context: ClientContext) -> None:
+        """Closes an anonymous socket once it has run nothing and sent no subscribe message for
+        `anonymous_idle_s` (pings do not count: they would keep a socket for ever)."""
+        state: SocketState | None = websocket.scope.get(_LIMITS)
+        if state is None:
+            return
+        state.active_at = time.monotonic()
+        while True:
+            wait = state.active_at + self.anonymous_idle_s - time.monotonic()
+            if wait <= 0 and not client_context.operations:
+                await self._close(websocket, client_context, 1000, IDLE)
+                return
+            await asyncio.sleep(wait if wait > 0 else self.anonymous_idle_s)
+
     async def _close_revoked(self, entry: _SessionSocket) -> None:
         await self._shut(entry.websocket, entry.client_context, entry.reason)
 
     async def _shut(self, websocket: WebSocket, client_context: ClientContext, reason: str) -> None:
         """Closes a signed-in socket with 4403 and `reason`."""
+        await self._close(websocket, client_context, 4403, reason)
+
+    async def _close(
+        self, websocket: WebSocket, client_context: ClientContext, code: int, reason: str
+    ) -> None:
         # Operations stop first: a result sent after the close would fail inside Ariadne's tasks.
         for operation_id in list(client_context.operations):
             await self.stop_websocket_operation(websocket, operation_id, client_context)
         if WebSocketState.DISCONNECTED not in (websocket.client_state, websocket.application_state):
             # The client may be gone meanwhile: nothing left to tell it.
             with contextlib.suppress(RuntimeError, OSError):
-                await websocket.close(code=4403, reason=reason)
+                await websocket.close(code=code, reason=reason)

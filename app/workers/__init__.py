@@ -21,7 +21,12 @@ from app.ingest.service import ingest_component, standalone_ingest
 from app.resources import Resources, Role
 from app.simulator import Simulator, simulated_robots
 from app.workers.commands import Dispatcher, Sweeper, dispatcher, sweeper
-from app.workers.housekeeping import broker_account_reconciler, event_log_retention, session_pruning
+from app.workers.housekeeping import (
+    broker_account_reconciler,
+    dead_letter_retention,
+    event_log_retention,
+    session_pruning,
+)
 
 
 @dataclass(slots=True)
@@ -44,6 +49,7 @@ async def run_components(resources: Resources, role: Role) -> AsyncIterator[Runn
             running.command_dispatcher = await stack.enter_async_context(dispatcher(resources))
         if role == "api":
             await stack.enter_async_context(event_log_retention(resources))
+            await stack.enter_async_context(dead_letter_retention(resources))
             await stack.enter_async_context(session_pruning(resources))
             await stack.enter_async_context(broker_account_reconciler(resources))
             # The pipeline (HTTP ingest uses it) and, with SEPULKI_MQTT_URL, the MQTT consumer.

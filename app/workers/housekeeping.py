@@ -1,6 +1,6 @@
-"""Periodic jobs every API replica runs: event-log retention, pruning of ended sessions, and the
-reconciliation of robots' broker accounts with their API keys. Each is idempotent, so replicas
-need no lock between them."""
+"""Periodic jobs every API replica runs: event-log and dead-letter retention, pruning of ended
+sessions, and the reconciliation of robots' broker accounts with their API keys. Each is
+idempotent, so replicas need no lock between them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from app import apikeys, sessions
 from app.core.errors import Unavailable
 from app.infra import eventlog
 from app.infra.db import periodically
+from app.ingest.writer import prune_dead_letters
 from app.resources import Resources
 
 log = logging.getLogger("sepulki.housekeeping")
@@ -31,6 +32,23 @@ async def event_log_retention(resources: Resources, every_s: float = 60.0) -> As
             log.info("pruned %d events older than %ds", deleted, keep_s)
 
     async with periodically("event log pruning", every_s, prune_once):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def dead_letter_retention(resources: Resources, every_s: float = 3600.0) -> AsyncIterator[None]:
+    """Prunes dead letters hourly (SEPULKI_DEAD_LETTER_RETENTION_S; 0 keeps them forever)."""
+    keep_s = resources.settings.dead_letter_retention_s
+    if keep_s <= 0:
+        yield
+        return
+
+    async def prune_once() -> None:
+        deleted = await prune_dead_letters(resources.db, keep_s)
+        if deleted:
+            log.info("pruned %d dead letters older than %ds", deleted, keep_s)
+
+    async with periodically("dead letter pruning", every_s, prune_once):
         yield
 
 
