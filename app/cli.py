@@ -1,4 +1,5 @@
-"""`sepulki` command line: dev, serve, migrate, seed, worker, ingest, simulate, env-example."""
+"""`sepulki` command line: dev, serve, migrate, seed, worker, ingest, simulate, env-example,
+config-table, schema."""
 
 from __future__ import annotations
 
@@ -168,6 +169,34 @@ def cmd_env_example(args: argparse.Namespace, settings: Settings) -> None:
     sys.stdout.write(env_example())
 
 
+def cmd_config_table(args: argparse.Namespace, settings: Settings) -> None:
+    """Prints the configuration as a Markdown table (variable, type, default, description)."""
+    from app.settings import settings_table
+
+    sys.stdout.write(settings_table())
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings) -> None:
+    """Prints the executable schema as SDL (docs/schema.graphql is this output)."""
+    from graphql import print_schema
+
+    from app.web.graphql_app import build_schema
+
+    sys.stdout.write(print_schema(build_schema()) + "\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sepulki")
+    except PackageNotFoundError:  # pragma: no cover - run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+# Commands that describe the service and need no environment.
+_DESCRIBE = ("env-example", "config-table", "schema")
+
 COMMANDS: dict[str, Command] = {
     "dev": cmd_dev,
     "serve": cmd_serve,
@@ -176,23 +205,35 @@ COMMANDS: dict[str, Command] = {
     "worker": cmd_worker,
     "ingest": cmd_ingest,
     "env-example": cmd_env_example,
+    "config-table": cmd_config_table,
+    "schema": cmd_schema,
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every command and option with its help text."""
     parser = argparse.ArgumentParser(prog="sepulki", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command", help="one of:")
     for name, fn in COMMANDS.items():
-        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0])
+        doc = (fn.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
         p.set_defaults(func=fn)
     from app.simulator.command import add_arguments as simulate_arguments
 
-    simulate = sub.add_parser("simulate", help=(cmd_simulate.__doc__ or "").strip())
+    simulate_doc = (cmd_simulate.__doc__ or "").strip()
+    simulate = sub.add_parser("simulate", help=simulate_doc, description=simulate_doc)
     simulate_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)
-    args = parser.parse_args(argv)
-    if args.func is cmd_env_example:
-        cmd_env_example(args, Settings.model_construct())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command in _DESCRIBE:  # no environment needed: describe it
+        args.func(args, Settings.model_construct())
         return
     try:
         settings = Settings.from_env()

@@ -449,6 +449,52 @@ def env_example() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _type_name(info: FieldInfo) -> str:
+    """The accepted values as an operator reads them: `int 1..65535`, `a \\| b`, `str or empty`."""
+    annotation = info.annotation
+    args = getattr(annotation, "__args__", ())
+    origin = getattr(annotation, "__origin__", None)
+    optional = type(None) in args
+    if origin is Literal:
+        name = " \\| ".join(str(arg) for arg in args)
+    elif origin is tuple or annotation is tuple:
+        name = "comma-separated list"
+    else:
+        inner = [arg for arg in args if arg is not type(None)] or [annotation]
+        base = inner[0]
+        name = getattr(base, "__name__", str(base))
+        if name == "Literal":  # Literal[...] | None
+            name = " \\| ".join(str(arg) for arg in getattr(base, "__args__", ()))
+    bounds = {type(m).__name__: m for m in info.metadata}
+    low = next((getattr(bounds[k], k.lower()) for k in ("Ge", "Gt") if k in bounds), None)
+    high = next((getattr(bounds[k], k.lower()) for k in ("Le", "Lt") if k in bounds), None)
+    if low is not None or high is not None:
+        name += f" {'' if low is None else low}..{'' if high is None else high}"
+    if "MinLen" in bounds:
+        name += f", {bounds['MinLen'].min_length}+ characters"
+    return name + (" or empty" if optional else "")
+
+
+def settings_table() -> str:
+    """The configuration as a Markdown table (variable, type, default, description), for
+    docs/operations.md: `sepulki env-example --markdown` prints it; a test keeps the doc current."""
+    lines = ["| variable | type | default | description |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("internal"):
+            continue
+        default = _env_value(info.default)
+        cells = [
+            f"`{env_name(name, info)}`",
+            _type_name(info),
+            f"`{default}`" if default else "(empty)",
+            " ".join((info.description or "").split()),
+        ]
+        cells[3] = cells[3].replace("|", "\\|")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 @contextmanager
 def environ(values: Mapping[str, str]) -> Iterator[None]:
     """Settings read inside the block see `values` instead of the process environment."""

@@ -15,7 +15,7 @@ from app import bellows
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
-from app.realtime.streams import Event, resolve_event, subscription_source
+from app.realtime.streams import Event, resolve_event, resolve_event_id, subscription_source
 
 query = QueryType()
 bellows_stream = ObjectType("BellowsStream")
@@ -66,5 +66,7 @@ def bellows_stream_source(
 
 subscription.set_field("bellowsStream", resolve_event)
 
+
+bellows_stream.set_field("eventId", resolve_event_id)
 
 bindables = [query, bellows_stream, subscription]

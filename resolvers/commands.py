@@ -11,7 +11,7 @@ from app import commands
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
-from app.realtime.streams import Event, resolve_event, subscription_source
+from app.realtime.streams import Event, resolve_event, resolve_event_id, subscription_source
 from app.smiths import smiths_by_id
 
 query = QueryType()
@@ -68,5 +68,7 @@ def command_updates_source(
 
 subscription.set_field("commandUpdates", resolve_event)
 
+
+command_type.set_field("eventId", resolve_event_id)
 
 bindables = [query, mutation, subscription, command_type]

@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from ariadne import MutationType, QueryType, SubscriptionType
+from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
 
 from app import edicts
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
-from app.realtime.streams import Event, Message, resolve_event, subscription_source
+from app.realtime.streams import Event, Message, resolve_event, resolve_event_id, subscription_source
 
 query = QueryType()
 mutation = MutationType()
 subscription = SubscriptionType()
+policy_breach = ObjectType("PolicyBreach")
 
 
 @query.field("edicts")
@@ -68,4 +69,6 @@ def policy_breaches_source(
 subscription.set_field("policyBreaches", resolve_event)
 
 
-bindables = [query, mutation, subscription]
+policy_breach.set_field("eventId", resolve_event_id)
+
+bindables = [query, mutation, subscription, policy_breach]

@@ -11,7 +11,7 @@ from app import fleets, floors, ingots, robots
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
-from app.realtime.streams import Event, resolve_event, subscription_source
+from app.realtime.streams import Event, resolve_event, resolve_event_id, subscription_source
 
 query = QueryType()
 mutation = MutationType()
@@ -107,5 +107,7 @@ def robot_status_source(
 
 subscription.set_field("robotStatus", resolve_event)
 
+
+robot_type.set_field("eventId", resolve_event_id)
 
 bindables = [query, mutation, robot_type, subscription]

@@ -12,7 +12,7 @@ from app import tasks
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
-from app.realtime.streams import Event, resolve_event, subscription_source
+from app.realtime.streams import Event, resolve_event, resolve_event_id, subscription_source
 from app.smiths import smiths_by_id
 
 query = QueryType()
@@ -136,5 +136,7 @@ def task_updates_source(
 
 subscription.set_field("taskUpdates", resolve_event)
 
+
+task_type.set_field("eventId", resolve_event_id)
 
 bindables = [query, mutation, task_type, run_type, run_metrics, subscription]

@@ -220,10 +220,7 @@ def test_the_wheel_carries_every_module_of_the_checkout_and_the_runtime_assets(i
 
 def test_the_installed_sepulki_command_lists_every_role(installed: Installed) -> None:
     result = installed.run(installed.venv / "bin" / "sepulki", "--help")
-    choices = re.search(r"\{([a-z,-]+)\}", result.stdout)
-    assert choices, result.stdout
-    listed = set(choices.group(1).split(","))
-    assert set(ROLES) <= listed, result.stdout
+    assert result.stdout.startswith("usage: sepulki"), result.stdout
     for role in ROLES:
         assert re.search(rf"^\s+{role}\s+\S", result.stdout, re.MULTILINE), f"{role} has no help line"
 

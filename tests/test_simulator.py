@@ -428,6 +428,41 @@ async def test_sepulki_simulate_runs_from_the_command_line_against_mosquitto(
     assert len(watcher.on(sim_id, "telemetry")) >= 10
 
 
+async def test_sepulki_simulate_prints_a_status_line_while_it_runs_not_minutes_of_silence(
+    mosquitto: MosquittoServer, database_url: str
+) -> None:
+    env = {**os.environ, "SEPULKI_DATABASE_URL": database_url, "SEPULKI_MQTT_URL": mosquitto.url}
+    command = [sys.executable, "-m", "app.cli", "simulate", "--robots", "2", "--hz", "10"]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        "--fleet",
+        DEV_FLEET,
+        "--duration",
+        "2.5",
+        "--status-every",
+        "0.5",
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    lines = [line for line in stderr.decode().splitlines() if line.startswith("simulate: ")]
+    assert lines, stderr.decode()[-2000:]
+    # Once the robots are up, a line says so, with the rate and the counters an operator watches
+    # (a line printed while the run ends may already count them disconnecting).
+    up = [line for line in lines if line.startswith("simulate: 2/2 robots connected, ")]
+    assert up, lines
+    last = up[-1]
+    rate = float(last.split(", ")[1].removesuffix(" msg/s"))
+    assert rate > 5, last
+    for counter in ("telemetry ", "acks ", "skipped ", "dead letters 0"):
+        assert counter in last, last
+    # stdout still ends with the one JSON summary scripts read.
+    assert json.loads(stdout.decode().strip().splitlines()[-1])["sent"]["telemetry"] > 0
+
+
 # --- inside the application: `sepulki dev` -------------------------------------------------------
 
 

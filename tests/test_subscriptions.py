@@ -19,7 +19,16 @@ from websockets.exceptions import ConnectionClosed
 from app.core.channels import channels
 from app.settings import Settings
 from tests.live import Live, serving
-from tests.seed_ids import AISLE_TASK, ALPHA, BETA, DEV_FLEET, GEARBOX_TASK, SPEED_EDICT, WAREHOUSE_FLEET
+from tests.seed_ids import (
+    AISLE_TASK,
+    ALPHA,
+    BETA,
+    DEV_FLEET,
+    GEARBOX_TASK,
+    PICK_TASK,
+    SPEED_EDICT,
+    WAREHOUSE_FLEET,
+)
 from tests.support import DEV
 from tests.wsclient import SubscriptionError, connected, subscribe
 
@@ -308,3 +317,67 @@ async def test_leaving_a_subscription_unsubscribes_from_the_bus(live: Live) -> N
         while live.api.resources.events.subscribers(channels.tasks(DEV_FLEET)) > 0:
             assert time.monotonic() < deadline, "the stream kept listening after complete"
             await asyncio.sleep(0.01)
+
+
+ROBOT_STATUS_CURSOR = """
+subscription($robotId: ID, $after: String) {
+  robotStatus(robotId: $robotId, after: $after) { eventId id status }
+}
+"""
+
+
+async def test_a_client_reading_only_data_resumes_from_the_event_id_in_the_payload(live: Live) -> None:
+    """Apollo's useSubscription and gql show `data` alone: `eventId` there is the cursor."""
+    init = await live.bearer()
+    names = [channels.robot_status(ALPHA), channels.ROBOT_STATUS_ALL]
+    row = await live.row("robots", ALPHA)
+    async with connected(live.ws_url, init) as a, connected(live.ws_url, init) as b:
+        async with (
+            a.subscribe(ROBOT_STATUS_CURSOR, {"robotId": ALPHA}) as first,
+            b.subscribe(ROBOT_STATUS_CURSOR, {"robotId": ALPHA}) as other,
+        ):
+            await live.listening(names[0])
+            seen_id = await live.publish(names, row | {"status": "CHARGING"})
+            seen = (await first.next())["robotStatus"]
+            # One execution for both sockets: the same cursor in each.
+            assert (await other.next())["robotStatus"]["eventId"] == str(seen_id)
+    assert seen["eventId"] == str(seen_id)
+    assert seen["status"] == "CHARGING"
+
+    # Offline: two more changes nobody watches.
+    missed = [await live.publish(names, row | {"status": status}) for status in ("ERROR", "MAINTENANCE")]
+
+    async with subscribe(
+        live.ws_url, ROBOT_STATUS_CURSOR, {"robotId": ALPHA, "after": seen["eventId"]}, init=init
+    ) as resumed:
+        replayed = [(await resumed.next())["robotStatus"] for _ in missed]
+        await live.listening(names[0])
+        latest = await live.publish(names, row | {"status": "IDLE"})
+        current = (await resumed.next())["robotStatus"]
+        with pytest.raises(TimeoutError):
+            await resumed.next(timeout=0.3)
+    assert [(r["eventId"], r["status"]) for r in replayed] == [
+        (str(missed[0]), "ERROR"),
+        (str(missed[1]), "MAINTENANCE"),
+    ]
+    assert (current["eventId"], current["status"]) == (str(latest), "IDLE")
+
+
+async def test_every_subscription_payload_carries_its_event_id_and_queries_answer_null(live: Live) -> None:
+    init = await live.bearer(("admin@sepulki.com", "admin123"))
+    async with subscribe(
+        live.ws_url,
+        "subscription($f: ID) { taskUpdates(fleetId: $f) { eventId id assignedRobots { eventId id } } }",
+        {"f": DEV_FLEET},
+        init=init,
+    ) as updates:
+        await live.listening(channels.tasks(DEV_FLEET))
+        task = await live.row("tasks", PICK_TASK)
+        event_id = await live.publish([channels.tasks(DEV_FLEET), channels.TASKS_ALL], task)
+        got = (await updates.next())["taskUpdates"]
+    assert got["eventId"] == str(event_id)
+    # Only the payload itself is the event's: a Robot nested in it answers null.
+    assert got["id"] == PICK_TASK
+    assert got["assignedRobots"] and all(robot["eventId"] is None for robot in got["assignedRobots"])
+    data = await live.api.data("{ robots(limit: 1) { eventId } tasks(limit: 1) { eventId } }")
+    assert data == {"robots": [{"eventId": None}], "tasks": [{"eventId": None}]}

@@ -17,8 +17,10 @@ an event already delivered and then went missing in an outage is only replayed t
 resume with an older `after`.
 
 Clients read each event's id, the cursor to resume from, in the `extensions` of its
-graphql-transport-ws `next` message: `{"payload": {"data": ..., "extensions": {"eventId": "42"}}}`
-(the payload types of the reference API stay unchanged). They pass it back as `after: "42"`.
+graphql-transport-ws `next` message: `{"payload": {"data": ..., "extensions": {"eventId": "42"}}}`,
+or, for clients that show only `data` (Apollo's useSubscription, gql), in the `eventId` field that
+every subscription payload type has (`resolve_event_id`; null outside a subscription's payload).
+They pass it back as `after: "42"`.
 
 A subscriber that falls `settings.ws_queue_size` events behind is stopped (see app.infra.bus): its
 operation ends with a `next` carrying one error, `extensions: {code: RATE_LIMITED, after: "<last
@@ -62,6 +64,7 @@ __all__ = [
     "event_stream",
     "parse_after",
     "resolve_event",
+    "resolve_event_id",
     "subscription_source",
 ]
 
@@ -222,3 +225,16 @@ def resolve_event(event: Event, info: GraphQLResolveInfo, **_: Any) -> Message:
     # Read back by EventIdSocket in the same task, when this event's result is sent.
     EVENT_ID.set(event.id)
     return event.data
+
+
+def resolve_event_id(_obj: Any, info: GraphQLResolveInfo, **_: Any) -> str | None:
+    """`eventId` of a subscription payload type: the cursor of the event the payload answers.
+
+    The event is the operation's root value while a subscription event executes; only the
+    Subscription field's own value answers (its path is one step below the root), so the same
+    type nested deeper, or served by a query, answers null. The id is the event's, the same for
+    every socket, so shared results stay shared."""
+    path = info.path.prev
+    if isinstance(info.root_value, Event) and path is not None and path.prev is None:
+        return str(info.root_value.id)
+    return None

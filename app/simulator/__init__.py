@@ -88,8 +88,9 @@ class Plan:
     admin_url: str | None = None
 
 
-async def simulate(plan: Plan, config: SimConfig) -> Stats:
-    """Runs until `duration_s` passes (or forever) and returns what was sent."""
+async def simulate(plan: Plan, config: SimConfig, stats: Stats | None = None) -> Stats:
+    """Runs until `duration_s` passes (or forever) and returns what was sent (into `stats`, when
+    given, so a caller can watch the counters while it runs)."""
     pool = await db.create_pool(plan.database_url, min_size=1, max_size=2)
     try:
         if plan.robot_ids:
@@ -105,7 +106,7 @@ async def simulate(plan: Plan, config: SimConfig) -> Stats:
             )
             config = replace(config, credentials=issued)
         try:
-            async with Simulator(robots, config) as simulator:
+            async with Simulator(robots, config, stats or Stats()) as simulator:
                 try:
                     if plan.duration_s is None:
                         await asyncio.Event().wait()

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TextIO
+
+import asyncpg
 
 from app.core.errors import Unavailable
+from app.infra import db
 from app.settings import Settings
-from app.simulator import BrokerUnreachable, NoRobots, Plan, SimConfig, simulate
+from app.simulator import BrokerUnreachable, NoRobots, Plan, SimConfig, Stats, simulate
+
+# Dead letters the ingest stored since the run started (every robot's: the table does not say
+# which run sent them; the index on received_at keeps the count cheap).
+DEAD_LETTERS_SINCE = "SELECT count(*) FROM dead_letters WHERE received_at >= $1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", type=int, choices=(4, 5), help="MQTT version: 5, or 4 = 3.1.1")
     parser.add_argument("--no-register", action="store_true", help="fail instead of adding Sim-NNN robots")
     parser.add_argument("--seed", type=int, help="random seed, for a reproducible run")
+    parser.add_argument(
+        "--status-every", type=float, default=10.0, help="seconds between status lines on stderr (0: none)"
+    )
 
 
 def _broker(args: argparse.Namespace, settings: Settings) -> tuple[str, int]:
@@ -44,12 +60,65 @@ def _raise_open_files_limit(robots: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
 
+class StatusLine:
+    """One line every `every_s` seconds on stderr: robots connected, messages per second since the
+    last line, acks, skipped messages and the dead letters the ingest stored since the start."""
+
+    def __init__(self, stats: Stats, robots: int, dsn: str, out: TextIO = sys.stderr) -> None:
+        self.stats, self.robots, self.dsn, self.out = stats, robots, dsn, out
+        self.started = datetime.now(UTC)
+        self._sent, self._at = 0, time.monotonic()
+        self._conn: asyncpg.Connection | None = None
+
+    async def dead_letters(self) -> int | None:
+        """None when the database cannot say (a connection lost, an older schema)."""
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await db.connect(self.dsn)
+            return int(await self._conn.fetchval(DEAD_LETTERS_SINCE, self.started))
+        except (OSError, asyncpg.PostgresError):
+            return None
+
+    async def line(self) -> str:
+        now, sent = time.monotonic(), self.stats.sent
+        rate = (sent - self._sent) / max(now - self._at, 1e-6)
+        self._sent, self._at = sent, now
+        dead = await self.dead_letters()
+        stats = self.stats
+        return (
+            f"simulate: {len(stats.connected)}/{self.robots} robots connected, {rate:.1f} msg/s, "
+            f"sent {sent} (telemetry {stats.telemetry}, bad {stats.bad}, events {stats.events}), "
+            f"commands {stats.commands}, acks {stats.acks}, skipped {stats.skipped}, "
+            f"dead letters {'?' if dead is None else dead}"
+        )
+
+    @contextlib.asynccontextmanager
+    async def every(self, every_s: float) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                print(await self.line(), file=self.out, flush=True)
+
+        task = asyncio.create_task(loop()) if every_s > 0 else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self._conn is not None:
+                await self._conn.close()
+
+
 def run(args: argparse.Namespace) -> None:
     settings = Settings.from_env()
     if not 0.0 <= args.bad_rate <= 1.0:
         raise SystemExit("--bad-rate must be between 0 and 1")
     if not 0 < args.hz <= 1000:
         raise SystemExit("--hz must be in (0, 1000]")
+    if args.status_every < 0:
+        raise SystemExit("--status-every must be 0 (no status lines) or more seconds")
     robot_ids = [item.strip() for item in (args.robot_ids or "").split(",") if item.strip()]
     if not robot_ids and args.robots < 1:
         raise SystemExit("--robots must be at least 1")
@@ -83,7 +152,10 @@ def run(args: argparse.Namespace) -> None:
                 register=not args.no_register,
                 admin_url=settings.mqtt_admin_url,
             )
-            stats = await simulate(plan, config)
+            stats = Stats()
+            status = StatusLine(stats, len(robot_ids) or args.robots, dsn)
+            async with status.every(args.status_every):
+                await simulate(plan, config, stats)
             print(json.dumps({"sent": stats.as_dict()}), flush=True)
         finally:
             if embedded is not None:

@@ -1,4 +1,4 @@
-"""The simulated robot's side of the MQTT contract (DESIGN section 6): topics and payloads it
+"""The simulated robot's side of the MQTT contract (docs/mqtt-contract.md): topics and payloads it
 publishes, the commands it understands, and the bad messages it sends on purpose."""
 
 from __future__ import annotations

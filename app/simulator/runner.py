@@ -68,9 +68,16 @@ class Stats:
     commands: int = 0
     acks: int = 0
     skipped: int = 0  # messages not sent while disconnected or over the in-flight window
+    # Robots whose connection is up right now (a gauge for status lines, not a count of messages).
+    connected: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.__slots__ if name != "connected"}
+
+    @property
+    def sent(self) -> int:
+        """Messages published so far, every stream together."""
+        return self.telemetry + self.bad + self.events + self.statuses + self.acks
 
 
 class PublishFailed(RuntimeError):
@@ -142,8 +149,10 @@ class SimulatedRobot:
         # the robot OFFLINE meanwhile.
         client.subscribe(self.topic("commands"), qos=1)
         self._spawn(self.send_status())
+        self.stats.connected.add(self.id)
 
     def _on_disconnect(self, client: gmqtt.Client, packet: Any, exc: Any = None) -> None:
+        self.stats.connected.discard(self.id)
         # gmqtt sends the Will it holds with every reconnect; it has no public setter.
         client._will_message = self._will()
 

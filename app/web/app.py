@@ -29,7 +29,7 @@ from app.resources import Resources, open_resources
 from app.settings import Settings
 from app.web import sse
 from app.web.connection import context_for
-from app.web.graphql_app import build_schema, create_graphql_app
+from app.web.graphql_app import GRAPHIQL_ASSETS_URL, GRAPHIQL_DIST, build_schema, create_graphql_app
 from app.web.http_security import (
     BodySizeLimit,
     PreflightRequired,
@@ -137,6 +137,11 @@ def create_app(
         *sse.routes(),
         Mount("/uploads", StaticFiles(directory=Path(uploads_dir), check_dir=False), name="uploads"),
     ]
+    if not settings.production:
+        # GraphiQL's bundle (development only, like the explorer page); absent files answer 404.
+        routes.append(
+            Mount(GRAPHIQL_ASSETS_URL, StaticFiles(directory=GRAPHIQL_DIST, check_dir=False), name="graphiql")
+        )
     # Outermost first: every answer, refusals included, carries the security and CORS headers.
     middleware = [
         Middleware(SecurityHeaders, production=settings.production),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
-import re
+import secrets
 from collections.abc import Callable
+from html import escape
+from pathlib import Path
 from typing import Any
 
 from ariadne import load_schema_from_path, make_executable_schema
@@ -21,10 +21,14 @@ from ariadne.types import GraphQLResult
 from graphql import (
     DocumentNode,
     GraphQLError,
+    GraphQLField,
+    GraphQLInterfaceType,
+    GraphQLObjectType,
     GraphQLSchema,
     OperationType,
     get_operation_ast,
     parse,
+    print_ast,
 )
 from graphql.validation import ASTValidationRule
 from starlette.requests import Request
@@ -36,6 +40,7 @@ from app.web.http_security import (
     GRAPHQL_RESPONSE_JSON,
     JSON,
     Negotiated,
+    explorer_csp,
     graphql_error_body,
     graphql_error_response,
     negotiate,
@@ -46,11 +51,39 @@ SCHEMA_DIR = ASSETS / "schema"
 EXAMPLES = ASSETS / "client-examples" / "graphiql-default.graphql"
 
 
+# The line build_schema appends to a field's description, naming what its directive requires.
+PERMISSION_LINE_PREFIX = "Requires: "
+
+
+def _permission_line(field: GraphQLField) -> str | None:
+    """What the field's @requires / @authenticated / @selfOr asks of the caller, as one line."""
+    directives = (field.ast_node.directives if field.ast_node else None) or ()
+    for directive in directives:
+        arguments = {arg.name.value: print_ast(arg.value) for arg in directive.arguments or ()}
+        name = directive.name.value
+        if name == "requires":
+            return f"{PERMISSION_LINE_PREFIX}{arguments.get('permission')}"
+        if name == "authenticated":
+            return f"{PERMISSION_LINE_PREFIX}signed in"
+        if name == "selfOr":
+            return f"{PERMISSION_LINE_PREFIX}the smith themself or {arguments.get('permission')}"
+    return None
+
+
 def build_schema() -> GraphQLSchema:
+    """The executable schema; every field with a permission directive says so in its description
+    (its last line, `Requires: ...`), so GraphiQL's docs and generated clients show it."""
     from resolvers import bindables
 
     type_defs = load_schema_from_path(str(SCHEMA_DIR))
-    return make_executable_schema(type_defs, *bindables, directives=DIRECTIVES, convert_names_case=True)
+    schema = make_executable_schema(type_defs, *bindables, directives=DIRECTIVES, convert_names_case=True)
+    for type_ in schema.type_map.values():
+        if isinstance(type_, GraphQLObjectType | GraphQLInterfaceType) and not type_.name.startswith("__"):
+            for field in type_.fields.values():
+                line = _permission_line(field)
+                if line is not None:
+                    field.description = f"{field.description}\n\n{line}" if field.description else line
+    return schema
 
 
 # Ariadne logs every GraphQL error, user errors included; `error_formatter` already logs the
@@ -239,49 +272,88 @@ class HTTPHandler(GraphQLHTTPHandler):
 
     async def render_explorer(self, request: Request, explorer: BaseExplorer) -> Response:
         response = await super().render_explorer(request, explorer)
-        policy = getattr(explorer, "content_security_policy", None)
-        if policy and response.status_code == 200:
-            response.headers["content-security-policy"] = policy
+        if isinstance(explorer, Explorer) and response.status_code == 200:
+            nonce = getattr(request.state, "graphiql_style_nonce", None)
+            response.headers["content-security-policy"] = explorer_csp(request.headers.get("host"), nonce)
         return response
 
 
-EXPLORER_ASSETS = "https://esm.sh"
+# GraphiQL's assets: an npm project bundled by esbuild (app/web/graphiql/, `npm run build`, which
+# `./run dev` and `./run test` do) and served by the development server at GRAPHIQL_ASSETS_URL.
+GRAPHIQL_DIR = Path(__file__).parent / "graphiql"
+GRAPHIQL_DIST = GRAPHIQL_DIR / "dist"
+GRAPHIQL_ASSETS_URL = "/graphiql/assets"
+_BUNDLE = ("graphiql.js", "graphiql.css")
+_HEADERS_TO_EDIT = {"Authorization": "Bearer <paste session.token from the login mutation>"}
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sepulki Hammer GraphiQL</title>
+{head}
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+_MISSING = """<main>
+<h1>Sepulki Hammer GraphiQL: the bundle is not built</h1>
+<p>GraphiQL's JavaScript and CSS are built from the npm project in <code>app/web/graphiql/</code>
+and were not found in <code>{dist}</code>.</p>
+<p>From a checkout, <code>./run dev</code> builds them (it installs Node.js with apt when missing).
+By hand: <code>cd app/web/graphiql &amp;&amp; npm ci &amp;&amp; npm run build</code>, then reload
+this page.</p>
+<p>An installed wheel carries no GraphiQL (it is a development tool); the API itself answers
+GraphQL requests at this URL with POST or GET.</p>
+</main>"""
+
+
+def _json_in_html(value: Any) -> str:
+    # Inside <script type="application/json">: no "</script>" or "<!--" can close it early.
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 class Explorer(ExplorerGraphiQL):
-    """GraphiQL with example operations and a pre-filled Authorization header to edit, served
-    with a Content-Security-Policy that admits exactly its inline scripts and its asset host."""
+    """GraphiQL from the locally built bundle (no CDN) with the example operations and an
+    Authorization header to edit; the page runs no inline script, its settings travel in a JSON
+    data block, and `explorer_csp` admits scripts and styles from this server only."""
 
-    def __init__(self) -> None:
-        default_query = EXAMPLES.read_text() if EXAMPLES.exists() else "{ __typename }"
-        super().__init__(title="Sepulki Hammer GraphiQL", default_query=default_query)
-        headers = '{"Authorization": "Bearer <paste session.token from the login mutation>"}'
-        self.parsed_html = self.parsed_html.replace(
-            "defaultEditorToolsVisibility: true,",
-            f"defaultEditorToolsVisibility: true,\n          initialHeaders: '{headers}',\n"
-            "          shouldPersistHeaders: true,",
+    def __init__(self, dist: Path = GRAPHIQL_DIST) -> None:
+        self.dist = dist
+        self.default_query = EXAMPLES.read_text() if EXAMPLES.exists() else "{ __typename }"
+        self.initial_headers = json.dumps(_HEADERS_TO_EDIT, indent=2)
+
+    def bundle_missing(self) -> bool:
+        return not all((self.dist / name).is_file() for name in _BUNDLE)
+
+    def html(self, request: Any) -> str:
+        if self.bundle_missing():
+            body = _MISSING.format(dist=escape(str(self.dist)))
+            return _PAGE.format(head="", body=body)
+        # The files' modification times bust the browser cache after a rebuild.
+        version = {name: int((self.dist / name).stat().st_mtime) for name in _BUNDLE}
+        # A fresh nonce for each page; render_explorer writes the same one into the policy.
+        nonce = secrets.token_urlsafe(18)
+        request.state.graphiql_style_nonce = nonce
+        config = {
+            "url": request.url.path,
+            "styleNonce": nonce,
+            "defaultQuery": self.default_query,
+            "initialHeaders": self.initial_headers,
+        }
+        head = (
+            f'<link rel="stylesheet" href="{GRAPHIQL_ASSETS_URL}/graphiql.css?v={version["graphiql.css"]}">\n'
+            f'<script defer src="{GRAPHIQL_ASSETS_URL}/graphiql.js?v={version["graphiql.js"]}"></script>'
         )
-        scripts = re.findall(r"<script[^>]*>(.*?)</script>", self.parsed_html, flags=re.DOTALL)
-        hashes = " ".join(
-            f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts
+        body = (
+            f'<script type="application/json" id="graphiql-config">{_json_in_html(config)}</script>\n'
+            '<div id="graphiql">Loading Sepulki Hammer GraphiQL…</div>'
         )
-        self.content_security_policy = "; ".join(
-            [
-                "default-src 'self'",
-                # data: the import map points one module at an empty data: URL.
-                f"script-src 'self' {EXPLORER_ASSETS} data: {hashes}",
-                # GraphiQL's editor injects its styles at run time.
-                f"style-src 'self' 'unsafe-inline' {EXPLORER_ASSETS}",
-                f"font-src 'self' data: {EXPLORER_ASSETS}",
-                "img-src 'self' data: blob:",
-                f"connect-src 'self' {EXPLORER_ASSETS}",
-                f"worker-src 'self' blob: {EXPLORER_ASSETS}",
-                "object-src 'none'",
-                "base-uri 'none'",
-                "form-action 'self'",
-                "frame-ancestors 'none'",
-            ]
-        )
+        return _PAGE.format(head=head, body=body)
 
 
 def create_graphql_app(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,33 @@ JSON = "application/json"
 # API answers are data, never documents: nothing may load, run or frame them.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 HSTS = "max-age=31536000; includeSubDomains"
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def explorer_csp(host: str | None, style_nonce: str | None = None) -> str:
+    """The development GraphiQL page's policy: its one script and one stylesheet come from this
+    server (`/graphiql/assets/`), never a CDN, and no inline script runs; the one <style> element
+    GraphiQL adds at run time carries the page's `style_nonce` (no 'unsafe-inline'); its fonts are
+    data: URLs inside the stylesheet; it talks only to this server, over HTTP and over websockets
+    to the same host (`'self'` admits same-host ws: in CSP 3; the explicit ws:/wss: source covers
+    browsers that predate it). A Host header that is not a plain host[:port] is left out rather
+    than written into the policy."""
+    sockets = f" ws://{host} wss://{host}" if host and _HOST.fullmatch(host) else ""
+    styles = f" 'nonce-{style_nonce}'" if style_nonce else ""
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'self'",
+            f"style-src 'self'{styles}",
+            "font-src 'self' data:",
+            "img-src 'self' data: blob:",
+            f"connect-src 'self'{sockets}",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 BASE_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",

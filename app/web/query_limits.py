@@ -1,5 +1,11 @@
 """What a GraphQL document may ask: parse and validation caches, and the depth, alias and cost
-limits that run on every request."""
+limits that run on every request.
+
+An introspection operation (a query whose root selections are only `__schema`, `__type` and
+`__typename`) is judged by bounds of its own instead of the depth, alias and cost limits: the
+introspection queries of graphql-js and graphql-core are 14 deep, and the cost map knows no
+introspection type. Its bounds (depth, nested lists, aliases, root fields) keep it from
+multiplying its answer; a document that mixes it with other fields gets the normal limits."""
 
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from graphql import (
     GraphQLObjectType,
     GraphQLSchema,
     InlineFragmentNode,
+    Node,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     get_named_type,
     get_nullable_type,
@@ -28,7 +36,7 @@ from graphql import (
     specified_rules,
     validate,
 )
-from graphql.validation import ASTValidationRule, ValidationContext
+from graphql.validation import ASTValidationContext, ASTValidationRule, ValidationContext
 
 from app.core.validation import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -108,6 +116,7 @@ class _FragmentMeasure(ASTValidationRule):
 
     def __init__(self, context: ValidationContext) -> None:
         super().__init__(context)
+        self.validation_context = context
         self._fragments = {
             d.name.value: d for d in context.document.definitions if isinstance(d, FragmentDefinitionNode)
         }
@@ -145,7 +154,124 @@ class _FragmentMeasure(ASTValidationRule):
         return value
 
 
+INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
+# The list fields of the introspection types: each one nested in another multiplies the answer.
+INTROSPECTION_LISTS = frozenset(
+    {"types", "directives", "fields", "args", "interfaces", "possibleTypes", "enumValues", "inputFields"}
+)
+# Fixed, not settings: introspection's shape is the spec's, and production refuses it anyway.
+# graphql-js's and graphql-core's queries: depth 14 (typeDepth 9), lists types > fields > args,
+# one __schema, no alias. A depth of 20 leaves room for a typeDepth of 15.
+MAX_INTROSPECTION_DEPTH = 20
+MAX_INTROSPECTION_LISTS = 3
+MAX_INTROSPECTION_ROOT_FIELDS = 3
+MAX_INTROSPECTION_ALIASES = 3
+
+
+def _root_selections(
+    selection_set: SelectionSetNode,
+    fragments: dict[str, FragmentDefinitionNode],
+    memo: dict[str, tuple[int, bool]],
+    visiting: frozenset[str] = frozenset(),
+) -> tuple[int, bool]:
+    """How many `__schema`/`__type` fields the root selections hold, and whether they hold any
+    other field than those and `__typename`; through fragments, each fragment summed once (a
+    spread repeated at every level must not make this exponential)."""
+    roots, other = 0, False
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            name = selection.name.value
+            roots += name in INTROSPECTION_ROOTS
+            other = other or name not in INTROSPECTION_ROOTS | {"__typename"}
+            continue
+        if isinstance(selection, InlineFragmentNode):
+            inner = _root_selections(selection.selection_set, fragments, memo, visiting)
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if name in memo:
+                inner = memo[name]
+            elif fragment is None or name in visiting:
+                continue  # unknown or cyclic: the specified rules report those
+            else:
+                inside = visiting | {name}
+                inner = memo[name] = _root_selections(fragment.selection_set, fragments, memo, inside)
+        else:  # pragma: no cover - no other kind of selection exists
+            continue
+        roots, other = roots + inner[0], other or inner[1]
+    return roots, other
+
+
+def introspection_roots(context: ASTValidationContext, node: OperationDefinitionNode) -> int | None:
+    """How many `__schema`/`__type` fields an introspection operation asks for (its root
+    selections, through fragments, are only those and `__typename`); None for any other operation."""
+    if node.operation is not OperationType.QUERY:
+        return None
+    fragments = {
+        d.name.value: d for d in context.document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    roots, other = _root_selections(node.selection_set, fragments, {})
+    return roots if roots and not other else None
+
+
+def _introspection_refusal(message: str, node: Node, limit: str, value: int, maximum: int) -> GraphQLError:
+    figures = {"limit": limit, "value": value, "maximum": maximum}
+    extensions = {"code": "BAD_USER_INPUT", "introspection": figures}
+    return GraphQLError(message, node, extensions=extensions)
+
+
+def _introspection_errors(
+    context: ValidationContext, node: OperationDefinitionNode, roots: int, depth: int
+) -> list[GraphQLError]:
+    lists = _ListNesting(context).measure(node.selection_set)
+    aliases = _AliasCount(context).measure(node.selection_set)
+    return [
+        _introspection_refusal(message.format(value, maximum), node, limit, value, maximum)
+        for limit, value, maximum, message in (
+            ("depth", depth, MAX_INTROSPECTION_DEPTH, "Introspection depth {} exceeds the maximum of {}"),
+            (
+                "lists",
+                lists,
+                MAX_INTROSPECTION_LISTS,
+                "Introspection nests {} lists (types, fields, args, ...); the maximum is {}",
+            ),
+            (
+                "rootFields",
+                roots,
+                MAX_INTROSPECTION_ROOT_FIELDS,
+                "The introspection operation asks for __schema/__type {} times; the maximum is {}",
+            ),
+            (
+                "aliases",
+                aliases,
+                MAX_INTROSPECTION_ALIASES,
+                "The introspection operation uses {} aliases; the maximum is {}",
+            ),
+        )
+        if value > maximum
+    ]
+
+
+class _ListNesting(_FragmentMeasure):
+    def measure_field(self, field: FieldNode, inner: int) -> int:
+        nested = field.selection_set is not None and field.name.value in INTROSPECTION_LISTS
+        return inner + 1 if nested else inner
+
+    def combine(self, values: list[int]) -> int:
+        return max(values, default=0)
+
+
+class _AliasCount(_FragmentMeasure):
+    def measure_field(self, field: FieldNode, inner: int) -> int:
+        return inner + (1 if field.alias is not None else 0)
+
+    def combine(self, values: list[int]) -> int:
+        return sum(values)
+
+
 def depth_limit_rule(max_depth: int) -> type[ASTValidationRule]:
+    """The depth limit; an introspection operation gets the introspection bounds instead."""
+
     class DepthLimit(_FragmentMeasure):
         def measure_field(self, field: FieldNode, inner: int) -> int:
             return inner + 1 if field.selection_set is not None else 0
@@ -154,6 +280,12 @@ def depth_limit_rule(max_depth: int) -> type[ASTValidationRule]:
             return max(values, default=0)
 
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            roots = introspection_roots(self.context, node)
+            if roots is not None:
+                depth = self.measure(node.selection_set)
+                for error in _introspection_errors(self.validation_context, node, roots, depth):
+                    self.report_error(error)
+                return
             depth = self.measure(node.selection_set)
             if depth > max_depth:
                 self.report_error(
@@ -166,14 +298,10 @@ def depth_limit_rule(max_depth: int) -> type[ASTValidationRule]:
 def alias_limit_rule(max_aliases: int) -> type[ASTValidationRule]:
     """Aliases let one small document ask for the same costly field many times over."""
 
-    class AliasLimit(_FragmentMeasure):
-        def measure_field(self, field: FieldNode, inner: int) -> int:
-            return inner + (1 if field.alias is not None else 0)
-
-        def combine(self, values: list[int]) -> int:
-            return sum(values)
-
+    class AliasLimit(_AliasCount):
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            if introspection_roots(self.context, node) is not None:
+                return  # bounded by the introspection rule (in the depth limit)
             aliases = self.measure(node.selection_set)
             if aliases > max_aliases:
                 self.report_error(
@@ -228,5 +356,9 @@ def cost_rule(
     class QueryCost(PagedCost):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context, maximum, default_cost=1, variables=variables, cost_map=costs)
+
+        def enter_operation_definition(self, node: OperationDefinitionNode, *args: Any) -> None:
+            if introspection_roots(self.context, node) is None:
+                super().enter_operation_definition(node, *args)
 
     return QueryCost
