@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.processes import start_dev
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,30 +32,6 @@ def _post(port: int, query: str, token: str | None = None) -> dict:
         return json.loads(response.read())
 
 
-def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SEPULKI_DATA_DIR": str(data_dir), "SEPULKI_PORT": str(port)}
-    env.pop("SEPULKI_DATABASE_URL", None)
-    env.pop("SEPULKI_MQTT_URL", None)  # the embedded broker, on a free port rather than 1883
-    env["SEPULKI_MQTT_PORT"] = str(free_port())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "dev"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):  # noqa: S310
-                return process
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise AssertionError("sepulki dev did not become healthy:\n" + log.read_text()[-3000:])
-
-
 def _stop(process: subprocess.Popen[bytes]) -> int:
     process.send_signal(signal.SIGINT)
     return process.wait(timeout=60)
@@ -63,7 +40,7 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 def test_dev_server_starts_with_embedded_defaults_and_keeps_its_data(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "dev.log"
-    dev = _start(tmp_path / "data", port, log)
+    dev = start_dev(tmp_path / "data", port, log)
     try:
         page = (
             urllib.request.urlopen(  # noqa: S310
@@ -90,7 +67,7 @@ def test_dev_server_starts_with_embedded_defaults_and_keeps_its_data(tmp_path: P
     first_run = log.read_text()
     assert "Applying 20261123_01_initial-schema" in first_run
 
-    dev = _start(tmp_path / "data", port, log)
+    dev = start_dev(tmp_path / "data", port, log)
     try:
         token = _post(port, LOGIN)["data"]["login"]["session"]["token"]
         robots = _post(port, f'{{ robot(id: "{robot}") {{ status }} }}', token)

@@ -5,13 +5,9 @@ without one request leaving the machine; its default operations cover every doma
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +24,7 @@ from starlette.requests import Request
 
 from app.settings import Settings
 from app.web.graphql_app import EXAMPLES, GRAPHIQL_DIR, SCHEMA_DIR, Explorer, build_schema
+from tests.processes import start_dev
 from tests.servers import free_port
 from tests.support import Api
 
@@ -55,31 +52,6 @@ def _ensure_tools() -> None:
         _npm("ci", "--no-audit", "--no-fund", cwd=BROWSER_DIR)
 
 
-def _start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`sepulki dev` as a developer starts it: embedded PostgreSQL and broker, simulated robots."""
-    env = {**os.environ, "SEPULKI_DATA_DIR": str(data_dir), "SEPULKI_PORT": str(port)}
-    env.pop("SEPULKI_DATABASE_URL", None)
-    env.pop("SEPULKI_MQTT_URL", None)
-    env["SEPULKI_MQTT_PORT"] = str(free_port())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "dev"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):  # noqa: S310
-                return process
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise AssertionError("sepulki dev did not become healthy:\n" + log.read_text()[-3000:])
-
-
 def test_a_developer_signs_in_queries_and_subscribes_in_graphiql_with_no_request_leaving_the_machine(
     tmp_path: Path,
 ) -> None:
@@ -91,7 +63,7 @@ def test_a_developer_signs_in_queries_and_subscribes_in_graphiql_with_no_request
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "graphiql.png"
     screenshot.unlink(missing_ok=True)
-    dev = _start_dev(tmp_path / "data", port, log)
+    dev = start_dev(tmp_path / "data", port, log)
     try:
         done = subprocess.run(
             [node, "graphiql.mjs", f"http://127.0.0.1:{port}/graphql", str(screenshot)],

@@ -3,13 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,62 +11,23 @@ import httpx
 import pytest
 
 from app.settings import Settings, SettingsError
-from tests.servers import free_port
-from tests.support import ADMIN, LOGIN, ROOT, Api
+from tests.processes import sepulki_serve
+from tests.support import ADMIN, LOGIN, Api
 
 SESSIONS = "{ mySessions { ipAddress current } }"
 LOGINS = '{ auditLogs(first: 1, filter: {action: "login"}) { edges { node { ipAddress } } } }'
 
 
 @contextlib.asynccontextmanager
-async def sepulki_serve(database_url: str, tmp: Path, **variables: str) -> AsyncIterator[httpx.AsyncClient]:
+async def sepulki_serve_client(
+    database_url: str, tmp: Path, **variables: str
+) -> AsyncIterator[httpx.AsyncClient]:
     """`sepulki serve` in its own process on a free loopback port; a client talking to it."""
-    port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SEPULKI_")}
-    env |= {
-        "SEPULKI_ENV": "test",
-        "SEPULKI_DATABASE_URL": database_url,
-        "SEPULKI_HOST": "127.0.0.1",
-        "SEPULKI_PORT": str(port),
-        "SEPULKI_DATA_DIR": str(tmp / "data"),
-        "SEPULKI_MIGRATE_ON_START": "false",
-        "SEPULKI_SEED_ON_START": "false",
-        "SEPULKI_RATE_LIMIT_STORAGE_URL": "async+memory://",
-        "SEPULKI_DB_POOL_MIN": "1",
-        "SEPULKI_DB_POOL_MAX": "3",
-        **{f"SEPULKI_{name.upper()}": value for name, value in variables.items()},
-    }
-    log = tmp / f"serve-{port}.log"
-    with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app.cli",
-            "serve",
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.returncode is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "sepulki serve did not start:\n" + log.read_text()[-3000:]
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.2)
-            yield client
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+    async with (
+        sepulki_serve(database_url, tmp, **variables) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        yield client
 
 
 async def graphql(
@@ -104,7 +59,7 @@ async def signed_in_from(client: httpx.AsyncClient, forwarded: str) -> tuple[str
 async def test_a_forged_forwarded_for_from_loopback_is_ignored_by_default(
     database_url: str, tmp_path: Path
 ) -> None:
-    async with sepulki_serve(database_url, tmp_path, request_rate_limit_ip="5/minute") as client:
+    async with sepulki_serve_client(database_url, tmp_path, request_rate_limit_ip="5/minute") as client:
         # The session and the audit trail keep the socket's address, not the claimed one.
         assert await signed_in_from(client, "203.0.113.9") == ("127.0.0.1", "127.0.0.1")
         # Three requests spent; claiming a new address for each does not buy a new budget.
@@ -116,7 +71,7 @@ async def test_a_forged_forwarded_for_from_loopback_is_ignored_by_default(
 
 
 async def test_a_configured_proxy_forwards_the_client_address(database_url: str, tmp_path: Path) -> None:
-    async with sepulki_serve(
+    async with sepulki_serve_client(
         database_url, tmp_path, request_rate_limit_ip="5/minute", trusted_proxies="127.0.0.1"
     ) as client:
         assert await signed_in_from(client, "203.0.113.9") == ("203.0.113.9", "203.0.113.9")

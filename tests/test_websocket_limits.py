@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,9 +32,10 @@ from app.web.app import create_app
 from app.web.http_server import http_options
 from app.web.websocket import AuthenticatingWSHandler
 from tests.live import Live
+from tests.processes import sepulki_serve
 from tests.seed_ids import ALPHA, BETA, DEV_FLEET
 from tests.servers import free_port
-from tests.support import ADMIN, DEV, ROOT, Api
+from tests.support import ADMIN, DEV, Api
 from tests.wsclient import PROTOCOL, SubscriptionError, connected
 
 ROBOT_STATUS = "subscription($robotId: ID) { robotStatus(robotId: $robotId) { id status } }"
@@ -306,56 +305,6 @@ async def test_an_anonymous_socket_running_nothing_is_closed_as_idle_while_busy_
 
 
 # --- against a real `sepulki serve` process -----------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def sepulki_serve(database_url: str, tmp: Path, **variables: str) -> AsyncIterator[int]:
-    """`sepulki serve` in its own process on a free loopback port; yields the port."""
-    port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("SEPULKI_")}
-    env |= {
-        "SEPULKI_ENV": "test",
-        "SEPULKI_DATABASE_URL": database_url,
-        "SEPULKI_HOST": "127.0.0.1",
-        "SEPULKI_PORT": str(port),
-        "SEPULKI_DATA_DIR": str(tmp / "data"),
-        "SEPULKI_MIGRATE_ON_START": "false",
-        "SEPULKI_SEED_ON_START": "false",
-        "SEPULKI_RATE_LIMIT_STORAGE_URL": "async+memory://",
-        "SEPULKI_ARGON2_TIME_COST": "1",
-        "SEPULKI_ARGON2_MEMORY_KIB": "1024",
-        "SEPULKI_DB_POOL_MIN": "1",
-        "SEPULKI_DB_POOL_MAX": "3",
-        **{f"SEPULKI_{name.upper()}": value for name, value in variables.items()},
-    }
-    log = tmp / f"serve-{port}.log"
-    with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "app.cli", "serve"),
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.returncode is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "sepulki serve did not start:\n" + log.read_text()[-3000:]
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.2)
-        yield port
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 # The flooding client, in a process of its own: reconnects for `seconds`, each time sending

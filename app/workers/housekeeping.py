@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 from app import apikeys, sessions
 from app.core.errors import Unavailable
@@ -19,37 +20,33 @@ log = logging.getLogger("sepulki.housekeeping")
 
 
 @contextlib.asynccontextmanager
-async def event_log_retention(resources: Resources, every_s: float = 60.0) -> AsyncIterator[None]:
+async def _retention(
+    what: str, keep_s: int, every_s: float, prune: Callable[[int], Awaitable[int]]
+) -> AsyncIterator[None]:
+    """Deletes `what` older than `keep_s` seconds every `every_s` (0 keeps them forever)."""
+    if keep_s <= 0:
+        yield
+        return
+
+    async def prune_once() -> None:
+        deleted = await prune(keep_s)
+        if deleted:
+            log.info("pruned %d %s older than %ds", deleted, what, keep_s)
+
+    async with periodically(f"{what} pruning", every_s, prune_once):
+        yield
+
+
+def event_log_retention(resources: Resources, every_s: float = 60.0) -> AbstractAsyncContextManager[None]:
     """Prunes the event log every minute (SEPULKI_EVENT_RETENTION_S; 0 keeps it forever)."""
     keep_s = resources.settings.event_retention_s
-    if keep_s <= 0:
-        yield
-        return
-
-    async def prune_once() -> None:
-        deleted = await eventlog.prune(resources.db, keep_s)
-        if deleted:
-            log.info("pruned %d events older than %ds", deleted, keep_s)
-
-    async with periodically("event log pruning", every_s, prune_once):
-        yield
+    return _retention("events", keep_s, every_s, lambda keep: eventlog.prune(resources.db, keep))
 
 
-@contextlib.asynccontextmanager
-async def dead_letter_retention(resources: Resources, every_s: float = 3600.0) -> AsyncIterator[None]:
+def dead_letter_retention(resources: Resources, every_s: float = 3600.0) -> AbstractAsyncContextManager[None]:
     """Prunes dead letters hourly (SEPULKI_DEAD_LETTER_RETENTION_S; 0 keeps them forever)."""
     keep_s = resources.settings.dead_letter_retention_s
-    if keep_s <= 0:
-        yield
-        return
-
-    async def prune_once() -> None:
-        deleted = await prune_dead_letters(resources.db, keep_s)
-        if deleted:
-            log.info("pruned %d dead letters older than %ds", deleted, keep_s)
-
-    async with periodically("dead letter pruning", every_s, prune_once):
-        yield
+    return _retention("dead letters", keep_s, every_s, lambda keep: prune_dead_letters(resources.db, keep))
 
 
 @contextlib.asynccontextmanager
