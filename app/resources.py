@@ -30,8 +30,6 @@ from app.settings import Settings
 # worker: `sepulki worker` (command dispatch and timeouts).
 Role = Literal["api", "ingest", "worker"]
 
-# (min, max) connections; the ingest writes through one connection at a time.
-_POOL_SIZE: dict[Role, tuple[int, int] | None] = {"api": None, "ingest": (1, 4), "worker": None}
 # Roles that apply pending migrations on start when SEPULKI_MIGRATE_ON_START says so.
 _MIGRATES: frozenset[Role] = frozenset({"api", "ingest"})
 
@@ -52,6 +50,16 @@ class Resources:
     mqtt: Publisher | None = None
     # The embedded amqtt broker of `sepulki dev`.
     broker: Any = None
+
+
+def _pool_size(settings: Settings, role: Role) -> tuple[int, int]:
+    """(min, max) connections: the ingest writes through one connection at a time; the worker
+    holds one connection of its own per loop and needs few from the pool."""
+    if role == "ingest":
+        return 1, 4
+    if role == "worker":
+        return 1, settings.db_pool_max
+    return settings.db_pool_min, settings.db_pool_max
 
 
 @contextlib.asynccontextmanager
@@ -78,9 +86,7 @@ async def open_resources(
         passwords = Passwords(settings)
         if settings.seed_on_start and role == "api":
             await seed.load(dsn, passwords)
-        min_size, max_size = _POOL_SIZE[role] or (settings.db_pool_min, settings.db_pool_max)
-        if role == "worker":
-            min_size = 1
+        min_size, max_size = _pool_size(settings, role)
         pool = await db.create_pool(dsn, min_size=min_size, max_size=max_size, observers=query_observers)
         stack.push_async_callback(pool.close)
         broadcast = await stack.enter_async_context(Broadcast(settings.broadcast_url))

@@ -15,6 +15,7 @@ import uvicorn
 from app.infra.eventlog import record
 from app.settings import Settings
 from app.web.app import create_app
+from app.web.http_server import http_options
 from tests.servers import free_port
 from tests.support import DEV, Api
 
@@ -48,11 +49,18 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[Live]:
-    """The app under uvicorn on a free loopback port, lifespan running, until the block ends."""
+    """The app under uvicorn on a free loopback port with `sepulki serve`'s HTTP options,
+    lifespan running, until the block ends."""
     port = free_port()
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, ws="websockets-sansio", lifespan="on", log_level="warning"
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        lifespan="on",
+        log_level="warning",
+        **http_options(settings),
     )
     server = uvicorn.Server(config)
     serve = asyncio.create_task(server.serve())

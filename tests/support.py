@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import httpx
 
 from app.settings import Settings
 from app.web.app import create_app
+from tests.servers import MosquittoServer
 
 # The checkout: where subprocesses of the tests run from and docs/ is read.
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +137,20 @@ class Api:
         collected: list[str] = []
         yield collected
         collected.extend(self.statements[start:])
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], within: float = 5, what: str = "") -> Any:
+    """The first truthy result of `check`, polled until `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def with_broker(settings: Settings, mosquitto: MosquittoServer, **changes: Any) -> Settings:
+    # Own client ids per test: the broker must not mistake this app for the previous test's.
+    client_id = f"sepulki-test-{uuid.uuid4().hex[:8]}"
+    return settings.replace(mqtt_url=mosquitto.url, mqtt_client_id=client_id, **changes)

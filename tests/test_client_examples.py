@@ -25,7 +25,7 @@ from app.settings import Settings
 from tests.live import Live, serving
 from tests.seed_ids import ALPHA, BETA, WAREHOUSE_BOT_02
 from tests.servers import MosquittoServer
-from tests.support import ADMIN, DEV, LOGIN, ROOT
+from tests.support import ADMIN, DEV, LOGIN, ROOT, eventually, with_broker
 
 EXAMPLES = ROOT / "client-examples"
 TYPESCRIPT = EXAMPLES / "typescript"
@@ -36,6 +36,9 @@ mutation($robotId: ID!, $type: String!) {
 }
 """
 COMMAND = "query($id: ID!) { robotCommand(id: $id) { state detail receivedAt completedAt } }"
+
+# Examples start processes of their own: they get longer than the suite's default wait.
+WITHIN = 10.0
 
 
 class Example:
@@ -125,23 +128,6 @@ def is_step(name: str) -> Callable[[Any], bool]:
 
 def example_env(live: Live, **more: str) -> dict[str, str]:
     return {"SEPULKI_API_URL": live.ws_url.replace("ws://", "http://", 1)} | more
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10, what: str = "") -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {within}s: {what}"
-        await asyncio.sleep(0.05)
-
-
-def with_broker(settings: Settings, mosquitto: MosquittoServer, **changes: Any) -> Settings:
-    # An own client id per test: the broker must not take this app for the previous test's.
-    return settings.replace(
-        mqtt_url=mosquitto.url, mqtt_client_id=f"sepulki-test-{uuid.uuid4().hex[:8]}", **changes
-    )
 
 
 @contextlib.asynccontextmanager
@@ -365,7 +351,7 @@ async def test_the_example_robot_streams_telemetry_answers_commands_and_leaves_a
 
         async with running(sys.executable, script, env=env) as robot:
             first = await robot.line(is_step("connected"), what="connected")
-            await eventually(lambda: _is(status, "IDLE"), what="the retained IDLE stored")
+            await eventually(lambda: _is(status, "IDLE"), WITHIN, what="the retained IDLE stored")
             await robot.line(lambda line: len(robot.steps("telemetry")) >= 3, what="three samples")
             seqs = [line["seq"] for line in robot.steps("telemetry")[:3]]
 
@@ -378,21 +364,23 @@ async def test_the_example_robot_streams_telemetry_answers_commands_and_leaves_a
                 )
                 return bool(count == 3)
 
-            await eventually(stored, what="the telemetry stored")
+            await eventually(stored, WITHIN, what="the telemetry stored")
             ping = await settled_after(send, settled, "PING")
             unknown = await settled_after(send, settled, "SELF_DESTRUCT")
             code, _ = await robot.stop(signal.SIGKILL)
         # Gone without a goodbye: the broker publishes the Last Will.
-        await eventually(lambda: _is(status, "OFFLINE"), what="the Last Will stored")
+        await eventually(lambda: _is(status, "OFFLINE"), WITHIN, what="the Last Will stored")
         # A command sent while the robot is away waits in its broker session.
         stop_id = await send("EMERGENCY_STOP")
-        await eventually(lambda: _state(live, stop_id, "SENT"), what="the dispatcher sent it")
+        await eventually(lambda: _state(live, stop_id, "SENT"), WITHIN, what="the dispatcher sent it")
         async with running(sys.executable, script, env=env) as robot:
             again = await robot.line(is_step("connected"), what="reconnected")
-            stopped = await eventually(lambda: settled(stop_id), what="the queued EMERGENCY_STOP answered")
-            await eventually(lambda: _is(status, "MAINTENANCE"), what="the robot in MAINTENANCE")
+            stopped = await eventually(
+                lambda: settled(stop_id), WITHIN, what="the queued EMERGENCY_STOP answered"
+            )
+            await eventually(lambda: _is(status, "MAINTENANCE"), WITHIN, what="the robot in MAINTENANCE")
             code, err = await robot.stop()
-        final = await eventually(lambda: _is(status, "OFFLINE"), what="the goodbye OFFLINE stored")
+        final = await eventually(lambda: _is(status, "OFFLINE"), WITHIN, what="the goodbye OFFLINE stored")
     assert first["sessionPresent"] is False and again["sessionPresent"] is True
     assert ping["state"] == "SUCCEEDED" and ping["detail"].startswith("pong")
     assert ping["receivedAt"] is not None and ping["completedAt"] is not None  # RECEIVED, then SUCCEEDED
@@ -406,7 +394,7 @@ async def settled_after(
     send: Callable[[str], Awaitable[str]], settled: Callable[[str], Awaitable[Any]], kind: str
 ) -> Any:
     command_id = await send(kind)
-    return await eventually(lambda: settled(command_id), what=f"{kind} answered")
+    return await eventually(lambda: settled(command_id), WITHIN, what=f"{kind} answered")
 
 
 async def _is(current: Callable[[], Awaitable[str]], wanted: str) -> bool:

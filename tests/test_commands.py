@@ -13,9 +13,8 @@ import json
 import os
 import signal
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +31,7 @@ from app.workers.commands import Sweeper
 from tests.live import serving
 from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_BOT_01
 from tests.servers import MosquittoServer
-from tests.support import ADMIN, Api
+from tests.support import ADMIN, Api, eventually, with_broker
 from tests.wsclient import subscribe
 
 ADMIN_ID_SQL = "SELECT id FROM smiths WHERE email = 'admin@sepulki.com'"
@@ -63,17 +62,6 @@ mutation($fleetId: ID!, $input: TaskInput!) {
   }
 }
 """
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 5, what: str = "") -> Any:
-    """The first truthy result of `check`, polled until `within` seconds have passed."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {within}s: {what}"
-        await asyncio.sleep(0.05)
 
 
 class TestRobot:
@@ -115,12 +103,6 @@ async def robot_on(url: str, *robot_ids: str) -> AsyncIterator[TestRobot]:
         yield robot
     finally:
         await robot.client.disconnect()
-
-
-def with_broker(settings: Settings, mosquitto: MosquittoServer, **changes: Any) -> Settings:
-    # Own client ids per test: the broker must not mistake this app for the previous test's.
-    client_id = f"sepulki-test-{uuid.uuid4().hex[:8]}"
-    return settings.replace(mqtt_url=mosquitto.url, mqtt_client_id=client_id, **changes)
 
 
 async def row(api: Api, command_id: str) -> dict[str, Any]:

@@ -22,54 +22,20 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app.core.channels import channels
 from app.settings import Settings
-from app.web.app import create_app
-from app.web.http_server import http_options
 from app.web.websocket import AuthenticatingWSHandler
-from tests.live import Live
+from tests.live import serving
 from tests.processes import sepulki_serve
 from tests.seed_ids import ALPHA, BETA, DEV_FLEET
-from tests.servers import free_port
-from tests.support import ADMIN, DEV, Api
+from tests.support import ADMIN, DEV
 from tests.wsclient import PROTOCOL, SubscriptionError, connected
 
 ROBOT_STATUS = "subscription($robotId: ID) { robotStatus(robotId: $robotId) { id status } }"
 TASKS = "subscription($fleetId: ID) { taskUpdates(fleetId: $fleetId) { id } }"
-
-
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[Live]:
-    """The app under uvicorn on a free loopback port with `sepulki serve`'s HTTP options."""
-    port = free_port()
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        lifespan="on",
-        log_level="warning",
-        **http_options(settings),
-    )
-    server = uvicorn.Server(config)
-    serve = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if serve.done():
-            serve.result()
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield Live(Api(app, client, []), f"ws://127.0.0.1:{port}/graphql")
-    finally:
-        server.should_exit = True
-        await serve
 
 
 @contextlib.asynccontextmanager
