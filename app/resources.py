@@ -80,7 +80,7 @@ async def open_resources(
             dsn = await embedded.start()
             stack.push_async_callback(embedded.stop)
             # Components that open their own connections need the embedded server's DSN too.
-            settings = settings.model_copy(update={"database_url": dsn})
+            settings = settings.replace(database_url=dsn)
         if settings.migrate_on_start and role in _MIGRATES:
             await db.migrate(dsn)
         passwords = Passwords(settings)
