@@ -37,6 +37,7 @@ RUN groupadd --system --gid 10001 sepulki \
 # is set). A named volume mounted here starts with this ownership.
 WORKDIR /var/lib/sepulki
 USER 10001:10001
-EXPOSE 4000
+# 4000: the API; 9464: health and metrics of `ingest` and `worker` (internal network only).
+EXPOSE 4000 9464
 ENTRYPOINT ["sepulki"]
 CMD ["serve"]

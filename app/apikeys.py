@@ -139,6 +139,16 @@ async def _grant_broker_account(ctx: Context, row: dict[str, Any], key: str) -> 
     await broker_accounts.grant(ctx.resources.settings.mqtt_admin_url, [account])
 
 
+async def issue_in(
+    ctx: Context, conn: Connection, robot_id: str, name: str | None, created_by: str | None
+) -> tuple[dict[str, Any], str]:
+    """A key that never expires for a robot written in the caller's transaction (registerRobot),
+    with its broker account granted before that transaction commits; (row, plaintext key)."""
+    row, key = await _insert(conn, robot_id, check_name(name), created_by, None)
+    await _grant_broker_account(ctx, row, key)
+    return row, key
+
+
 async def issue_for_service(
     pool: Pool, admin_url: str | None, robot_ids: list[str], name: str, lifetime: timedelta
 ) -> dict[str, tuple[str, str]]:

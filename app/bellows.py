@@ -1,4 +1,5 @@
-"""Bellows: stored telemetry read back per fleet and time window, and one robot's recent samples."""
+"""Bellows: stored telemetry read back per fleet and time window, and one robot's recent samples,
+from the raw rows or a rollup depending on the range's length (docs/telemetry.md)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,31 @@ _DURATION = re.compile(r"([0-9]{1,9})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 Window = tuple[str, datetime, datetime]
+RolledWindow = tuple[str, datetime, datetime, str]
+
+# Resolutions and their rollup tables (an allowlist: the only names pasted into SQL below).
+RAW, MINUTE, HOUR, DAY = "RAW", "MINUTE", "HOUR", "DAY"
+TABLES = {MINUTE: "telemetry_1m", HOUR: "telemetry_1h", DAY: "telemetry_1d"}
+WIDTHS = {MINUTE: timedelta(minutes=1), HOUR: timedelta(hours=1), DAY: timedelta(days=1)}
+# Rollup-only names (app/telemetry.py): the sample's fields, and 1/0 status indicators.
+DERIVED = ("batteryLevel", "healthScore", "uptime", "working")
+# bellows and robotTelemetry read raw rows up to a day: both cap what they return, and a capped
+# raw read walks (robot_id, ts) or (fleet_id, ts) from the newest row, whatever the range.
+RAW_MAX = timedelta(days=1)
+
+
+def pick_resolution(span: timedelta, raw_max: timedelta = RAW_MAX) -> str:
+    """RAW up to `raw_max`, then 1-minute buckets up to 2 days, hourly up to 90 days, daily beyond."""
+    if span <= raw_max:
+        return RAW
+    if span <= timedelta(days=2):
+        return MINUTE
+    return HOUR if span <= timedelta(days=90) else DAY
+
+
+def _per_table(template: str) -> dict[str, str]:
+    return {res: template.replace("ROLLUP", table) for res, table in TABLES.items()}
+
 
 FLEET_EXISTS = "SELECT EXISTS (SELECT 1 FROM fleets WHERE id = $1 AND deleted_at IS NULL)"
 ROBOT_EXISTS = "SELECT EXISTS (SELECT 1 FROM robots WHERE id = $1 AND deleted_at IS NULL)"
@@ -63,16 +89,59 @@ CROSS JOIN LATERAL (
   LIMIT $4
 ) AS e
 """
-# `uptime` is computed over every sample of the window (the window function runs before LIMIT).
-# Status messages are stored with a negative seq (see app/ingest/messages.py): not samples.
+# Rolled up: one entry per bucket and metric, the bucket's average, newest first straight off the
+# (fleet_id, bucket, robot_id, metric) index. The derived rows come along so that each entry gets
+# its bucket's average battery and health without a lookup per row; they are not entries.
+ROLLED_METRICS_BY_FLEET = _per_table("""
+SELECT f.id AS fleet_id, p.*
+FROM unnest($1::uuid[]) AS f(id)
+CROSS JOIN LATERAL (
+  SELECT r.metric AS name, r.sum / r.n AS value, r.bucket AS timestamp, r.robot_id
+  FROM ROLLUP r
+  WHERE r.fleet_id = f.id AND r.bucket > $2::timestamptz - $5::interval AND r.bucket <= $3
+    AND r.metric <> ALL($6::text[])
+  ORDER BY r.fleet_id DESC, r.bucket DESC, r.robot_id DESC, r.metric DESC
+  LIMIT $4
+) AS p
+""")
+
+# The average battery and health of the buckets entries come from: one PK probe per bucket.
+ROLLED_DERIVED = _per_table("""
+SELECT k.robot_id, k.bucket, jsonb_object_agg(r.metric, r.sum / r.n) AS levels
+FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::timestamptz[]) AS k(robot_id, bucket)) AS k
+JOIN ROLLUP r
+  ON r.robot_id = k.robot_id AND r.bucket = k.bucket AND r.metric IN ('batteryLevel', 'healthScore')
+GROUP BY k.robot_id, k.bucket
+""")
+# `uptime` and `efficiency` are computed over every sample of the window (the window functions
+# run before LIMIT). Status messages are rows of their own (is_status), not samples.
 ROBOT_TELEMETRY = """
 SELECT ts, status::text AS status, battery_level, health_score, metrics,
-       (avg(CASE WHEN status IN ('OFFLINE', 'ERROR') THEN 0 ELSE 1 END) OVER ())::double precision AS uptime
+       (avg(CASE WHEN status IN ('OFFLINE', 'ERROR') THEN 0 ELSE 1 END) OVER ())::double precision AS uptime,
+       (sum(CASE WHEN status = 'WORKING' THEN 1 ELSE 0 END) OVER ()
+        / nullif(sum(CASE WHEN status IN ('OFFLINE', 'ERROR') THEN 0 ELSE 1 END) OVER (), 0))
+         ::double precision AS efficiency
 FROM telemetry
-WHERE robot_id = $1 AND ts >= now() - $2::interval AND seq >= 0
+WHERE robot_id = $1 AND ts >= now() - $2::interval AND NOT is_status
 ORDER BY ts DESC, seq DESC
 LIMIT $3
 """
+# One point per bucket: the averages of its metrics; uptime and efficiency over the whole range.
+ROLLED_ROBOT_TELEMETRY = _per_table("""
+SELECT bucket AS ts, NULL::text AS status,
+       max(sum / n) FILTER (WHERE metric = 'batteryLevel') AS battery_level,
+       max(sum / n) FILTER (WHERE metric = 'healthScore') AS health_score,
+       jsonb_object_agg(metric, sum / n) AS metrics,
+       (sum(sum(sum) FILTER (WHERE metric = 'uptime')) OVER ()
+        / nullif(sum(sum(n) FILTER (WHERE metric = 'uptime')) OVER (), 0)) AS uptime,
+       (sum(sum(sum) FILTER (WHERE metric = 'working')) OVER ()
+        / nullif(sum(sum(sum) FILTER (WHERE metric = 'uptime')) OVER (), 0)) AS efficiency
+FROM ROLLUP
+WHERE robot_id = $1 AND bucket > now() - $2::interval - $4::interval
+GROUP BY bucket
+ORDER BY bucket DESC
+LIMIT $3
+""")
 
 
 def check_window(start: datetime, end: datetime) -> None:
@@ -94,12 +163,15 @@ def parse_duration(value: str | None) -> timedelta:
     return duration
 
 
-async def stream(ctx: Context, fleet_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+async def stream(
+    ctx: Context, fleet_id: str, start: datetime, end: datetime, resolution: str | None = None
+) -> dict[str, Any]:
     """The BellowsStream of stored data; its metrics and events resolve lazily through loaders."""
     check_window(start, end)
     if not await ctx.db.fetchval(FLEET_EXISTS, fleet_id):
         raise NotFound.of("Fleet", fleet_id)
-    return {"fleet_id": fleet_id, "start": start, "end": end, "real_time": False}
+    chosen = resolution or pick_resolution(end - start)
+    return {"fleet_id": fleet_id, "start": start, "end": end, "real_time": False, "resolution": chosen}
 
 
 async def _by_window(pool: Pool, sql: str, cap: int, keys: list[Window], build: Any) -> list[list[Any]]:
@@ -122,6 +194,26 @@ def _metric(row: Any) -> dict[str, Any]:
     return metric
 
 
+def live_metrics(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The TelemetryMetric entries of a live bellows event's compact `samples` (one per sample,
+    app/ingest/writer.py): one per metric of each sample, in the samples' order. The GraphQL
+    subscription and the SSE stream both show the event this way."""
+    return [
+        {
+            "name": name,
+            "value": value,
+            "unit": UNITS.get(name),
+            "timestamp": sample["timestamp"],
+            "robot_id": sample["robot_id"],
+            "battery_level": sample["battery_level"],
+            "health_score": sample["health_score"],
+            "pose": sample["pose"],
+        }
+        for sample in samples
+        for name, value in sample["metrics"].items()
+    ]
+
+
 def _event(row: Any) -> dict[str, Any]:
     event = dict(row)
     del event["fleet_id"]
@@ -130,6 +222,38 @@ def _event(row: Any) -> dict[str, Any]:
 
 async def metrics_by_window(pool: Pool, keys: list[Window]) -> list[list[dict[str, Any]]]:
     return await _by_window(pool, METRICS_BY_FLEET, MAX_METRIC_POINTS, keys, _metric)
+
+
+async def rolled_metrics_by_window(pool: Pool, keys: list[RolledWindow]) -> list[list[dict[str, Any]]]:
+    """Like `metrics_by_window`, from the rollup of each key's resolution: one query per
+    distinct (window, resolution)."""
+    groups: dict[tuple[datetime, datetime, str], list[str]] = {}
+    for fleet_id, start, end, resolution in keys:
+        groups.setdefault((start, end, resolution), []).append(fleet_id)
+    found: dict[Hashable, list[Any]] = {}
+    for (start, end, resolution), fleet_ids in groups.items():
+        rows = await pool.fetch(
+            ROLLED_METRICS_BY_FLEET[resolution],
+            list(dict.fromkeys(fleet_ids)),
+            start,
+            end,
+            MAX_METRIC_POINTS,
+            WIDTHS[resolution],
+            list(DERIVED),
+        )
+        entries = [_metric(row) | {"fleet_id": row["fleet_id"]} for row in rows]
+        derived: dict[tuple[str, datetime], dict[str, float]] = {}
+        if entries:
+            robots, buckets = [e["robot_id"] for e in entries], [e["timestamp"] for e in entries]
+            for row in await pool.fetch(ROLLED_DERIVED[resolution], robots, buckets):
+                derived[(row["robot_id"], row["bucket"])] = row["levels"]
+        for entry in entries:
+            levels = derived.get((entry["robot_id"], entry["timestamp"])) or {}
+            entry["battery_level"] = levels.get("batteryLevel")
+            entry["health_score"] = levels.get("healthScore")
+            entry["pose"] = None
+            found.setdefault((entry.pop("fleet_id"), start, end, resolution), []).append(entry)
+    return [found.get(key, []) for key in keys]
 
 
 async def events_by_window(pool: Pool, keys: list[Window]) -> list[list[dict[str, Any]]]:
@@ -143,8 +267,11 @@ def _point(row: Any) -> dict[str, Any]:
         "battery_level": row["battery_level"],
         "health_score": row["health_score"],
         "status": row["status"],
-        # No stored quantity measures efficiency; null is honest where the reference invented one.
-        "performance": {"speed": metrics.get("VELOCITY"), "efficiency": None, "uptime": row["uptime"]},
+        "performance": {
+            "speed": metrics.get("VELOCITY"),
+            "efficiency": row["efficiency"],
+            "uptime": row["uptime"],
+        },
         "metrics": {
             "cpu": metrics.get("CPU_USAGE"),
             "memory": metrics.get("MEMORY_USAGE"),
@@ -153,9 +280,16 @@ def _point(row: Any) -> dict[str, Any]:
     }
 
 
-async def robot_telemetry(ctx: Context, robot_id: str, time_range: str | None, limit: int) -> list[dict]:
+async def robot_telemetry(
+    ctx: Context, robot_id: str, time_range: str | None, limit: int, resolution: str | None = None
+) -> list[dict]:
     robot_id = parse_id(robot_id, "robotId")
     duration = parse_duration(time_range)
     if not await ctx.db.fetchval(ROBOT_EXISTS, robot_id):
         raise NotFound.of("Robot", robot_id)
-    return [_point(r) for r in await ctx.db.fetch(ROBOT_TELEMETRY, robot_id, duration, limit)]
+    chosen = resolution or pick_resolution(duration)
+    if chosen == RAW:
+        rows = await ctx.db.fetch(ROBOT_TELEMETRY, robot_id, duration, limit)
+    else:
+        rows = await ctx.db.fetch(ROLLED_ROBOT_TELEMETRY[chosen], robot_id, duration, limit, WIDTHS[chosen])
+    return [_point(r) for r in rows]

@@ -31,7 +31,7 @@ def _serve(settings: Settings) -> None:
         port=settings.port,
         log_level="info",
         # uvicorn's handlers, access log included, redact secrets and mask emails like ours.
-        log_config=logs.uvicorn_log_config(),
+        log_config=logs.uvicorn_log_config(settings.log_format),
         ws="websockets-sansio",
         # X-Forwarded-For/-Proto only from SEPULKI_TRUSTED_PROXIES; none configured: the socket
         # peer is the client (uvicorn's own default would believe any process on loopback).
@@ -46,6 +46,10 @@ def _serve(settings: Settings) -> None:
         # httptools with a bound on reading a request's headers, and the keep-alive timeout.
         **http_options(settings),
     )
+
+
+# The commands whose processes send mail (invitations, password resets, alert notifications).
+_SENDS_MAIL = frozenset({"serve", "worker"})
 
 
 def _require(settings: Settings, command: str, *names: str) -> None:
@@ -242,7 +246,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"sepulki: configuration refused: {exc}")
     from app.infra import logs
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
+    if (
+        args.command in _SENDS_MAIL
+        and settings.production
+        and not settings.smtp_url
+        and not settings.mail_to_files
+    ):
+        # Invitations and password resets written to files nobody reads look sent to their senders.
+        sys.exit(
+            "sepulki: production needs a mail transport: set SEPULKI_SMTP_URL, or "
+            "SEPULKI_MAIL_TO_FILES=true to write mails under SEPULKI_DATA_DIR/mail"
+        )
     try:
         args.func(args, settings)
     except SettingsError as exc:

@@ -51,9 +51,12 @@ SWEEP_BATCH = 1000
 # pg_try_advisory_lock key: one sweeper per database acts, whatever the number of replicas.
 SWEEPER_LOCK = 0x5E9C_0DE5
 
+# issued_at is the clock's time, not now() (the transaction's start): commands issued in one
+# transaction (a preemption's CANCEL_TASK, then the urgent DISPATCH_TASK) keep their order in
+# the dispatcher's queue (CLAIM) and in a robot's command history.
 INSERT_COMMANDS = """
-INSERT INTO robot_commands (robot_id, type, params, task_id, issued_by, expires_at)
-SELECT robot_id, $2, $3, $4, $5, now() + $6::int * interval '1 second'
+INSERT INTO robot_commands (robot_id, type, params, task_id, issued_by, issued_at, expires_at)
+SELECT robot_id, $2, $3, $4, $5, clock_timestamp(), clock_timestamp() + $6::int * interval '1 second'
 FROM unnest($1::uuid[]) AS u(robot_id)
 RETURNING *
 """

@@ -7,8 +7,13 @@ takes the pool and the keys, runs one `= ANY($1)` query and returns results in k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Hashable
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -17,19 +22,22 @@ from aiodataloader import DataLoader
 if TYPE_CHECKING:
     from graphql import GraphQLResolveInfo
 
+from app.core.channels import channels
 from app.core.errors import Forbidden, Unauthenticated
 from app.core.permissions import Perm, effective_permissions
-from app.infra.bus import Events
+from app.infra.bus import BACK, LOST, Event, Events, SubscriberOverflow
 from app.infra.db import Pool
 from app.resources import Resources
 
 VIEWER_SQL = """
-SELECT s.id, s.email, s.name, s.role::text AS role, s.permissions
+SELECT s.id, s.email, s.name, s.role::text AS role, s.permissions, ses.expires_at
 FROM smiths s JOIN sessions ses ON ses.smith_id = s.id
 WHERE s.id = $1 AND ses.id = $2 AND s.is_active AND s.deleted_at IS NULL
   AND ses.revoked_at IS NULL AND ses.expires_at > now()
 """
 
+
+log = logging.getLogger("sepulki.context")
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -79,6 +87,104 @@ class Viewer:
 
 _UNSET: Any = object()
 
+# Every viewer cache of this process: a revocation made here reaches them before it is announced.
+_caches: weakref.WeakSet[ViewerCache] = weakref.WeakSet()
+
+
+def forget_sessions(session_ids: Iterable[str]) -> None:
+    """Drops these sessions from every viewer cache of this process (app.sessions calls it with
+    each revocation it records, before answering)."""
+    ids = [str(i) for i in session_ids]
+    for cache in list(_caches):
+        cache.forget(ids)
+
+
+class ViewerCache:
+    """Verified viewers by access token, each for at most `ttl_s` (and never past its session's
+    or its token's expiry), so that a signed-in request does not ask PostgreSQL about its session every time.
+
+    Revocation still takes effect at once: every revocation, logout, password change,
+    deactivation and role or permission change is announced on `channels.SESSIONS_REVOKED`
+    (the announcement that closes websockets), and the cache drops those sessions when it hears
+    it; the process that revoked drops them before it answers (`forget_sessions`). The cache is
+    used only while its listener is confirmed subscribed: from a LOST of the event transport (a
+    Redis outage, messages possibly missed) until BACK it is emptied and bypassed. A lookup that
+    was running in PostgreSQL while a revocation arrived is not stored (`generation`), so a
+    session never comes back into the cache from a read older than its revocation. What else a
+    viewer carries (name, email) may be up to `ttl_s` old."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Viewer]] = {}
+        self._tokens: dict[str, set[str]] = {}  # session id -> cached tokens
+        self.generation = 0
+        self.trusted = False
+        _caches.add(self)
+
+    def get(self, token: str) -> Viewer | None:
+        entry = self._entries.get(token) if self.trusted else None
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            self._drop(token, entry[1].session_id)
+            return None
+        return entry[1]
+
+    def put(self, token: str, viewer: Viewer, generation: int, expires_in_s: float) -> None:
+        """Stores a viewer checked in PostgreSQL at `generation`, for at most `expires_in_s`
+        (the sooner of the session's and the token's expiry)."""
+        if not self.trusted or generation != self.generation or self.ttl_s <= 0 or expires_in_s <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self.clear()  # rare (that many live tokens within ttl_s): start again
+        self._entries[token] = (time.monotonic() + min(self.ttl_s, expires_in_s), viewer)
+        self._tokens.setdefault(viewer.session_id, set()).add(token)
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        self.generation += 1
+        for session_id in session_ids:
+            for token in self._tokens.pop(session_id, ()):
+                self._entries.pop(token, None)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._tokens.clear()
+
+    def _drop(self, token: str, session_id: str) -> None:
+        self._entries.pop(token, None)
+        tokens = self._tokens.get(session_id)
+        if tokens is not None:
+            tokens.discard(token)
+            if not tokens:
+                del self._tokens[session_id]
+
+    async def watch(self, events: Events) -> None:
+        """Keeps the cache in step with the revocation announcements; run for the process's life."""
+        while True:
+            try:
+                async with events.listen(channels.SESSIONS_REVOKED) as subscriber:
+                    # Subscribed while the transport is down: the queue starts with LOST, taken
+                    # below before any other coroutine runs, so the cache is never used then.
+                    self.trusted = True
+                    async for item in subscriber:
+                        if isinstance(item, Event):
+                            self.forget(item.data.get("sessionIds") or [])
+                        elif item is LOST:
+                            self.trusted = False
+                            self.clear()
+                        elif item is BACK:
+                            self.trusted = True
+            except SubscriberOverflow:
+                log.warning("the viewer cache fell behind the session revocations; emptied")
+            except Exception:
+                log.exception("the viewer cache's revocation listener failed; restarting it")
+                await asyncio.sleep(1.0)
+            finally:
+                self.trusted = False
+                self.clear()
+
 
 @dataclass(slots=True)
 class Context:
@@ -89,6 +195,8 @@ class Context:
     token: str | None
     client_ip: str | None = None
     user_agent: str | None = None
+    # The process's cache of verified viewers (HTTP requests of the API); None: ask every time.
+    viewers: ViewerCache | None = None
     loaders: Loaders = field(init=False)
     _viewer: Viewer | None = field(default=_UNSET)
     _auth_error: Unauthenticated | None = None
@@ -119,6 +227,15 @@ class Context:
     async def _load_viewer(self) -> Viewer | None:
         if not self.token:
             return None
+        cache = self.viewers
+        if cache is not None:
+            # The very bytes of a token verified before: its signature holds, and the entry
+            # ends no later than the token's `exp`, so the JWT check (a tenth of a signed-in
+            # request's time) is skipped too.
+            cached = cache.get(self.token)
+            if cached is not None:
+                return cached
+            generation = cache.generation
         try:
             claims = self.resources.tokens.verify(self.token)
         except Unauthenticated as exc:
@@ -128,7 +245,7 @@ class Context:
         if row is None:
             self._auth_error = Unauthenticated("Session expired or revoked")
             return None
-        return Viewer(
+        viewer = Viewer(
             id=row["id"],
             email=row["email"],
             name=row["name"],
@@ -136,6 +253,11 @@ class Context:
             permissions=effective_permissions(row["role"], row["permissions"]),
             session_id=claims.session_id,
         )
+        if cache is not None:
+            now = datetime.now(UTC)
+            expires_in = min((row["expires_at"] - now).total_seconds(), claims.expires_at - now.timestamp())
+            cache.put(self.token, viewer, generation, expires_in)
+        return viewer
 
     async def require(self, perm: Perm | None = None) -> Viewer:
         viewer = await self.viewer()

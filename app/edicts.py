@@ -6,6 +6,7 @@ from typing import Any
 
 from app import audit
 from app.context import Context, Viewer
+from app.core import edict_rules
 from app.core.errors import Forbidden, Invalid, NotFound
 from app.core.validation import required_text
 from app.infra.db import Pool, fetch_by_ids, returned
@@ -27,9 +28,10 @@ INSERT INTO edicts (name, description, type, rules, severity, active, applies_to
 VALUES ($1, $2, $3::edict_type, $4, $5::edict_severity, $6, $7, $8)
 RETURNING *
 """
+# An omitted `active` ($7 null) leaves the edict as it is.
 REPLACE_EDICT = """
 UPDATE edicts SET name = $2, description = $3, type = $4::edict_type, rules = $5,
-                  severity = $6::edict_severity, active = $7, applies_to = $8
+                  severity = $6::edict_severity, active = coalesce($7, active), applies_to = $8
 WHERE id = $1
 RETURNING *
 """
@@ -57,32 +59,9 @@ async def get_edict(ctx: Context, edict_id: str) -> dict[str, Any] | None:
 
 
 def _check_rules(rules: Any) -> None:
-    """`{condition: {type, operator, rules: [...]}, actions: [{type, parameters?, immediate?}]}`;
-    other keys (e.g. `exceptions`) are kept as given."""
-    shape = (
-        "rules must be {condition: {type, operator, rules: [...]}, actions: [{type, parameters, immediate}]}"
-    )
-    if not isinstance(rules, dict):
-        raise Invalid(shape, field="rules")
-    condition = rules.get("condition")
-    if (
-        not isinstance(condition, dict)
-        or not isinstance(condition.get("type"), str)
-        or not isinstance(condition.get("operator"), str)
-        or not isinstance(condition.get("rules"), list)
-    ):
-        raise Invalid(shape, field="rules")
-    actions = rules.get("actions")
-    if not isinstance(actions, list):
-        raise Invalid(shape, field="rules")
-    for action in actions:
-        if (
-            not isinstance(action, dict)
-            or not isinstance(action.get("type"), str)
-            or not isinstance(action.get("parameters", {}), dict | None)
-            or not isinstance(action.get("immediate", False), bool | None)
-        ):
-            raise Invalid(shape, field="rules")
+    """The whole rule is parsed as the evaluator will run it (app.core.edict_rules): a bad part
+    is BAD_USER_INPUT naming it, e.g. `rules.condition.rules[0].op must be one of gt, ...`."""
+    edict_rules.parse(rules)
 
 
 def _check_applies_to(applies_to: Any) -> None:
@@ -95,8 +74,9 @@ def _check_applies_to(applies_to: Any) -> None:
         raise Invalid(shape, field="appliesTo")
 
 
-def _values(edict_input: dict[str, Any]) -> tuple[Any, ...]:
-    """The checked column values, in INSERT/UPDATE order (name ... applies_to)."""
+def _values(edict_input: dict[str, Any], *, default_active: bool | None) -> tuple[Any, ...]:
+    """The checked column values, in INSERT/UPDATE order (name ... applies_to); an omitted
+    `active` becomes `default_active` (true on add, null = unchanged on update)."""
     name = required_text(edict_input.get("name"), "name")
     _check_rules(edict_input.get("rules"))
     _check_applies_to(edict_input.get("applies_to"))
@@ -107,7 +87,7 @@ def _values(edict_input: dict[str, Any]) -> tuple[Any, ...]:
         edict_input["type"],
         edict_input["rules"],
         edict_input["severity"],
-        True if active is None else active,
+        default_active if active is None else active,
         edict_input.get("applies_to"),
     )
 
@@ -118,7 +98,7 @@ def _check_owner(viewer: Viewer, edict: Any) -> None:
 
 
 async def add(ctx: Context, viewer: Viewer, edict_input: dict[str, Any]) -> dict[str, Any]:
-    values = _values(edict_input)
+    values = _values(edict_input, default_active=True)
     async with ctx.db.acquire() as conn, conn.transaction():
         edict = dict(returned(await conn.fetchrow(INSERT_EDICT, *values, viewer.id)))
         changes = {"name": edict["name"], "type": edict["type"], "severity": edict["severity"]}
@@ -127,7 +107,7 @@ async def add(ctx: Context, viewer: Viewer, edict_input: dict[str, Any]) -> dict
 
 
 async def update(ctx: Context, viewer: Viewer, edict_id: str, edict_input: dict[str, Any]) -> dict[str, Any]:
-    values = _values(edict_input)
+    values = _values(edict_input, default_active=None)
     async with ctx.db.acquire() as conn, conn.transaction():
         current = await conn.fetchrow(LOCK_EDICT, edict_id)
         if current is None:

@@ -1,7 +1,8 @@
-"""Ingots (builds of a sepulka) and their rollouts: cast, temper, quench, recall, and the loaders.
+"""Ingots (builds of a sepulka): queries and loaders, cast and temper (which queue jobs for the
+worker, app.builds), quench and recall (app.deployments).
 
-Malformed ids are raised as BAD_USER_INPUT by the resolvers; business rules of castIngot and
-recallFleet become `errors` of their payloads. Recalls are persisted in `deployments`.
+Malformed ids are raised as BAD_USER_INPUT by the resolvers; business rules become `errors` of
+the payloads.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Any
 
 import asyncpg
 
-from app import audit
+from app import audit, builds, deployments
 from app.context import Context, Viewer
-from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Invalid, NotFound, NotImplementedYet
+from app.core import tempering
+from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Invalid, NotFound, payload
 from app.core.validation import finite, page, parse_id, required_text
 from app.infra.db import Pool, fetch_by_ids, group_rows, returned
-from app.robots import record_changes
 
 LIST_INGOTS = """
 SELECT i.* FROM ingots i JOIN sepulkas s ON s.id = i.sepulka_id AND s.deleted_at IS NULL
@@ -50,34 +51,14 @@ INSERT INTO ingots (sepulka_id, version, build_hash, status, artifacts, build_lo
 VALUES ($1, $2, $3, 'BUILDING', '[]', ARRAY['Build queued'], $4)
 RETURNING *
 """
-FLEET_EXISTS = "SELECT EXISTS (SELECT 1 FROM fleets WHERE id = $1 AND deleted_at IS NULL)"
-LOCK_FLEET = "SELECT id FROM fleets WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
-# Each robot goes back to the ingot of the requested version built from its own sepulka.
-RECALL_TARGETS = """
-SELECT r.id, r.name, r.current_ingot_id, target.id AS target_ingot_id
-FROM robots r
-LEFT JOIN LATERAL (
-  SELECT i.id FROM ingots i
-  WHERE i.sepulka_id = r.sepulka_id AND i.version = $2
-    AND i.status IN ('READY', 'TEMPERED', 'DEPLOYED')
-  ORDER BY i.created_at DESC LIMIT 1
-) target ON true
-WHERE r.fleet_id = $1 AND r.deleted_at IS NULL
-ORDER BY r.name, r.id
-FOR UPDATE OF r
+# temperIngot locks the ingot: two tempers of one ingot never run at once.
+LOCK_INGOT = """
+SELECT i.id, i.status::text AS status FROM ingots i
+JOIN sepulkas s ON s.id = i.sepulka_id AND s.deleted_at IS NULL
+WHERE i.id = $1 FOR UPDATE OF i
 """
-MOVE_ROBOTS = """
-UPDATE robots r SET current_ingot_id = m.ingot_id
-FROM unnest($1::uuid[], $2::uuid[]) AS m(robot_id, ingot_id)
-WHERE r.id = m.robot_id
-RETURNING r.*
-"""
-INSERT_DEPLOYMENT = """
-INSERT INTO deployments (ingot_id, fleet_id, status, rollout_percent, kind, details, created_by)
-VALUES ($1, $2, $3, 100, 'RECALL', $4, $5)
-RETURNING *
-"""
-RECALLABLE = "READY, TEMPERED or DEPLOYED"
+MARK_TEMPERING = "UPDATE ingots SET status = 'TEMPERING' WHERE id = $1 RETURNING *"
+TEMPERABLE = ("READY", "TEMPERED", "TEMPER_FAILED")
 _BASE36 = string.digits + string.ascii_lowercase
 
 
@@ -128,6 +109,7 @@ async def cast(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any]:
             ingot = dict(
                 returned(await conn.fetchrow(INSERT_INGOT, sepulka_id, version, build_hash(), viewer.id))
             )
+            await builds.enqueue(conn, ingot["id"], "BUILD", {}, viewer.id)
             changes = {"sepulkaId": sepulka_id, "version": version, "buildHash": ingot["build_hash"]}
             await audit.record(conn, ctx, viewer.id, "castIngot", "Ingot", ingot["id"], changes)
     except asyncpg.UniqueViolationError:
@@ -141,70 +123,57 @@ async def cast(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any]:
     return {"ingot": ingot, "errors": None}
 
 
-async def _require_ingot(ctx: Context, ingot_id: str) -> None:
-    if await get_ingot(ctx.db, ingot_id) is None:
-        raise NotFound.of("Ingot", ingot_id)
-
-
-async def temper(ctx: Context, ingot_id: str, data: dict[str, Any]) -> dict[str, Any]:
-    for goal in data.get("goals") or []:
+def _temper_input(data: dict[str, Any]) -> dict[str, Any]:
+    """TemperInput as the job stores it; BAD_USER_INPUT names what is wrong."""
+    goals = data.get("goals") or []
+    for goal in goals:
         finite(goal.get("weight"), "weight", low=0)
-    await _require_ingot(ctx, ingot_id)
-    raise NotImplementedYet("temperIngot is not implemented yet")
+    try:
+        tempering.parse_goals(goals)
+    except ValueError as exc:
+        raise Invalid(f"goals: {exc}", field="input.goals") from None
+    try:
+        tempering.check_constraints(data.get("constraints"))
+    except ValueError as exc:
+        raise Invalid(str(exc), field="input.constraints") from None
+    return {"goals": [dict(g) for g in goals], "constraints": data.get("constraints")}
 
 
-async def quench(ctx: Context, ingot_id: str, fleet_id: str, rollout_percent: int | None) -> dict[str, Any]:
-    if rollout_percent is not None and not 0 < rollout_percent <= 100:
-        raise Invalid("rolloutPercent must be between 1 and 100", field="rolloutPercent")
-    await _require_ingot(ctx, ingot_id)
-    if not await ctx.db.fetchval(FLEET_EXISTS, fleet_id):
-        raise NotFound.of("Fleet", fleet_id)
-    raise NotImplementedYet("quenchToFleet is not implemented yet")
+async def temper(ctx: Context, viewer: Viewer, ingot_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Queues a temper job: the ingot goes to TEMPERING, the worker records TemperResults."""
+    try:
+        job_input = _temper_input(data)
+        async with ctx.db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_INGOT, ingot_id)
+            if row is None:
+                raise NotFound.of("Ingot", ingot_id)
+            if row["status"] not in TEMPERABLE:
+                raise Conflict(
+                    f"Ingot must be READY, TEMPERED or TEMPER_FAILED to temper, currently: {row['status']}",
+                    field="ingotId",
+                )
+            ingot = dict(returned(await conn.fetchrow(MARK_TEMPERING, ingot_id)))
+            await builds.enqueue(conn, ingot_id, "TEMPER", job_input, viewer.id)
+            await audit.record(conn, ctx, viewer.id, "temperIngot", "Ingot", ingot_id, job_input)
+    except GRAPHQL_ONLY:
+        raise
+    except DomainError as exc:
+        return {"ingot": None, "results": None, "errors": [exc.as_payload_error()]}
+    return {"ingot": ingot, "results": None, "errors": None}
 
 
-def _recall_error(robot: Any, version: str) -> dict[str, Any]:
-    message = (
-        f"Robot {robot['name']} ({robot['id']}) has no {RECALLABLE} ingot of version {version} "
-        "built from its sepulka"
-    )
-    return {"code": NotFound.code, "message": message, "field": "robotId"}
+async def quench(
+    ctx: Context, viewer: Viewer, ingot_id: str, fleet_id: str, rollout_percent: int | None
+) -> dict[str, Any]:
+    return await payload("deployment", deployments.quench(ctx, viewer, ingot_id, fleet_id, rollout_percent))
 
 
 async def recall(ctx: Context, viewer: Viewer, fleet_id: str, to_version: str) -> dict[str, Any]:
+    # A blank version is an argument error (raised), like a malformed id.
     version = required_text(to_version, "toVersion", max_length=64)
     try:
-        async with ctx.db.acquire() as conn, conn.transaction():
-            if await conn.fetchrow(LOCK_FLEET, fleet_id) is None:
-                raise NotFound.of("Fleet", fleet_id)
-            robots = await conn.fetch(RECALL_TARGETS, fleet_id, version)
-            if not robots:
-                raise Invalid(f"Fleet {fleet_id} has no robots to recall", field="fleetId")
-            movable = [r for r in robots if r["target_ingot_id"] is not None]
-            failed = [r for r in robots if r["target_ingot_id"] is None]
-            moved = await conn.fetch(
-                MOVE_ROBOTS, [r["id"] for r in movable], [r["target_ingot_id"] for r in movable]
-            )
-            status = "FAILED" if not movable else "PARTIAL" if failed else "COMPLETED"
-            # deployments.ingot_id is required: a failed recall records the ingot robots stayed on.
-            ingot_id = movable[0]["target_ingot_id"] if movable else robots[0]["current_ingot_id"]
-            details = {
-                "toVersion": version,
-                "movedRobotIds": [r["id"] for r in movable],
-                "failedRobotIds": [r["id"] for r in failed],
-                "ingotIds": {r["id"]: r["target_ingot_id"] for r in movable},
-            }
-            deployment = dict(
-                returned(
-                    await conn.fetchrow(INSERT_DEPLOYMENT, ingot_id, fleet_id, status, details, viewer.id)
-                )
-            )
-            changes = {"deploymentId": deployment["id"], "status": status, **details}
-            await audit.record(conn, ctx, viewer.id, "recallFleet", "Fleet", fleet_id, changes)
-            events = await record_changes(conn, [dict(r) for r in moved])
+        return await deployments.recall(ctx, viewer, fleet_id, version)
     except GRAPHQL_ONLY:
         raise
     except DomainError as exc:
         return {"deployment": None, "errors": [exc.as_payload_error()]}
-    await ctx.events.publish_recorded(events)
-    errors = [_recall_error(r, version) for r in failed]
-    return {"deployment": deployment, "errors": errors or None}

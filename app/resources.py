@@ -21,9 +21,10 @@ from app.infra.db import Pool
 from app.infra.embedded_broker import port_of, running_broker
 from app.infra.embedded_postgres import EmbeddedPostgres
 from app.infra.mail import Mailer, create_mailer
-from app.infra.mqtt import Publisher
+from app.infra.mqtt import Publisher, process_client_id
 from app.infra.ratelimit import RateLimiter
 from app.infra.security import Passwords, Tokens
+from app.infra.storage import Storage, local_storage
 from app.settings import Settings
 
 # api: `serve` and `dev` (the HTTP API and its components); ingest: `sepulki ingest`;
@@ -46,6 +47,8 @@ class Resources:
     uploads_dir: Path
     mailer: Mailer
     limiter: RateLimiter
+    # Build artifacts and uploaded files (a directory under the data directory).
+    storage: Storage
     # The client that publishes commands to robots (roles api and worker, with SEPULKI_MQTT_URL).
     mqtt: Publisher | None = None
     # The embedded amqtt broker of `sepulki dev`.
@@ -95,7 +98,9 @@ async def open_resources(
         mqtt = None
         if settings.mqtt_url is not None and role in ("api", "worker"):
             publisher = Publisher(
-                settings.mqtt_url, f"{settings.mqtt_client_id}-commands", protocol=settings.mqtt_protocol
+                settings.mqtt_url,
+                process_client_id(f"{settings.mqtt_client_id}-commands", role),
+                protocol=settings.mqtt_protocol,
             )
             mqtt = await stack.enter_async_context(publisher)
         uploads_dir = settings.data_dir / "uploads"
@@ -109,6 +114,7 @@ async def open_resources(
             uploads_dir=uploads_dir,
             mailer=create_mailer(settings),
             limiter=RateLimiter(settings),
+            storage=local_storage(settings.data_dir),
             mqtt=mqtt,
             broker=broker,
         )

@@ -6,7 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from app import audit
+from app import audit, robot_status
 from app.context import Context, Viewer
 from app.core.channels import channels
 from app.core.errors import Invalid, NotFound
@@ -141,6 +141,7 @@ async def _update(
     ctx: Context, viewer: Viewer, robot_id: str, action: str, sql: str, value: Any, field: str
 ) -> dict[str, Any]:
     async with ctx.db.acquire() as conn, conn.transaction():
+        await robot_status.name_cause(conn, robot_status.OPERATOR, viewer.id, action)
         before = await conn.fetchrow(LOCK_ROBOT, robot_id)
         if before is None:
             raise NotFound.of("Robot", robot_id)

@@ -1,4 +1,9 @@
-"""Sepulkas (robot designs): listing, forging and soft deletion, and the sepulka loader.
+"""Sepulkas (robot designs): listing, forging, editing, readiness for casting and soft deletion,
+and the sepulka loader.
+
+Status rules (docs/builds.md): forgeSepulka and every updateSepulka leave the design FORGING;
+markSepulkaCastReady moves a complete design to CAST_READY; castIngot moves it to CASTING and its
+build to READY or CAST_FAILED.
 
 Argument format errors (malformed ids) are raised as BAD_USER_INPUT by the resolvers; the
 business rules checked here become `errors` of the mutation payloads.
@@ -12,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from app import audit
+from app.builds import check_parameters
 from app.context import Context, Viewer
 from app.core.errors import GRAPHQL_ONLY, Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.core.validation import page, parse_id, parse_ids, required_text
@@ -136,3 +142,99 @@ async def delete(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any
     except DomainError as exc:
         return {"success": False, "errors": [exc.as_payload_error()]}
     return {"success": True, "errors": None}
+
+
+# --- editing a design (EDIT_SEPULKA) ---------------------------------------------------------------
+
+UPDATE_SEPULKA = """
+UPDATE sepulkas SET name = $2, description = $3, pattern_id = $4, parameters = $5, status = 'FORGING'
+WHERE id = $1 RETURNING *
+"""
+REPLACE_ALLOYS = "DELETE FROM sepulka_alloys WHERE sepulka_id = $1"
+READINESS = """
+SELECT (SELECT count(*) FROM sepulka_alloys sa WHERE sa.sepulka_id = $1) AS alloy_count,
+       p.parameters AS schema
+FROM sepulkas s LEFT JOIN patterns p ON p.id = s.pattern_id WHERE s.id = $1
+"""
+MARK_CAST_READY = "UPDATE sepulkas SET status = 'CAST_READY' WHERE id = $1 RETURNING *"
+# Where a sepulka may be marked CAST_READY from: a design being forged, or one whose last cast
+# ended (READY or CAST_FAILED) and is to be cast again.
+READYABLE = ("FORGING", "READY", "CAST_FAILED", "CAST_READY")
+
+
+def _editable(row: Any, viewer: Viewer) -> None:
+    if row["created_by"] != viewer.id and not viewer.is_admin:
+        raise Forbidden("Only the creator of a sepulka or an ADMIN may edit it")
+    if row["status"] == "CASTING":
+        raise Conflict("Sepulka is being cast; edit it when the build has finished", field="id")
+
+
+async def update(ctx: Context, viewer: Viewer, sepulka_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Edits the design; any edit returns it to FORGING (its builds no longer describe it)."""
+    pattern_id = parse_id(data["pattern_id"], "patternId") if data.get("pattern_id") else None
+    alloy_ids = list(dict.fromkeys(parse_ids(data["alloy_ids"], "alloyIds"))) if "alloy_ids" in data else None
+    try:
+        async with ctx.db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_SEPULKA, sepulka_id)
+            if row is None:
+                raise NotFound.of("Sepulka", sepulka_id)
+            _editable(row, viewer)
+            name = required_text(data["name"], "name") if "name" in data else row["name"]
+            description = data["description"] if "description" in data else row["description"]
+            if description is not None and len(description) > 2000:
+                raise Invalid("description must be at most 2000 characters", field="description")
+            parameters = data["parameters"] if "parameters" in data else row["parameters"]
+            if parameters is not None and not isinstance(parameters, dict):
+                raise Invalid("parameters must be a JSON object", field="parameters")
+            if parameters is not None and len(json.dumps(parameters).encode()) > MAX_PARAMETERS_BYTES:
+                limit = f"parameters must be at most {MAX_PARAMETERS_BYTES} bytes of JSON"
+                raise Invalid(limit, field="parameters")
+            if "pattern_id" not in data:
+                pattern_id = row["pattern_id"]
+            elif pattern_id is not None and not await conn.fetchval(PATTERN_EXISTS, pattern_id):
+                raise NotFound(f"Pattern with id {pattern_id} not found", field="patternId")
+            if alloy_ids is not None:
+                if not alloy_ids:
+                    raise Invalid("At least one alloy is required", field="alloyIds")
+                found = {r["id"] for r in await conn.fetch(EXISTING_ALLOYS, alloy_ids)}
+                missing = [a for a in alloy_ids if a not in found]
+                if missing:
+                    raise NotFound(f"Unknown alloy ids: {', '.join(missing)}", field="alloyIds")
+                await conn.execute(REPLACE_ALLOYS, sepulka_id)
+                await conn.execute(INSERT_SEPULKA_ALLOYS, sepulka_id, alloy_ids)
+            values = (name, description, pattern_id, parameters)
+            updated = dict(returned(await conn.fetchrow(UPDATE_SEPULKA, sepulka_id, *values)))
+            changes = dict(data)
+            await audit.record(conn, ctx, viewer.id, "updateSepulka", "Sepulka", sepulka_id, changes)
+    except GRAPHQL_ONLY:
+        raise
+    except DomainError as exc:
+        return {"sepulka": None, "errors": [exc.as_payload_error()]}
+    return {"sepulka": updated, "errors": None}
+
+
+async def mark_cast_ready(ctx: Context, viewer: Viewer, sepulka_id: str) -> dict[str, Any]:
+    """FORGING, READY or CAST_FAILED -> CAST_READY once the design is complete: at least one alloy
+    and parameters within its pattern's schema (the checks the build repeats)."""
+    try:
+        async with ctx.db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOCK_SEPULKA, sepulka_id)
+            if row is None:
+                raise NotFound.of("Sepulka", sepulka_id)
+            _editable(row, viewer)
+            if row["status"] not in READYABLE:
+                raise Conflict(f"Sepulka cannot become CAST_READY from {row['status']}", field="id")
+            readiness = returned(await conn.fetchrow(READINESS, sepulka_id))
+            if readiness["alloy_count"] == 0:
+                raise Invalid("Sepulka is incomplete: it has no alloys", field="alloyIds")
+            problems = check_parameters(readiness["schema"], row["parameters"])
+            if problems:
+                raise Invalid("; ".join(problems), field="parameters")
+            updated = dict(returned(await conn.fetchrow(MARK_CAST_READY, sepulka_id)))
+            changes = {"status": {"from": row["status"], "to": "CAST_READY"}}
+            await audit.record(conn, ctx, viewer.id, "markSepulkaCastReady", "Sepulka", sepulka_id, changes)
+    except GRAPHQL_ONLY:
+        raise
+    except DomainError as exc:
+        return {"sepulka": None, "errors": [exc.as_payload_error()]}
+    return {"sepulka": updated, "errors": None}

@@ -13,7 +13,7 @@ from typing import Any
 from limits import parse
 
 from app import audit
-from app.context import Context, Viewer
+from app.context import Context, Viewer, forget_sessions
 from app.core.channels import channels
 from app.core.errors import Invalid, NotFound, RateLimited
 from app.core.validation import parse_id
@@ -91,9 +91,7 @@ WHERE ses.id = ANY($1::uuid[]) AND ses.revoked_at IS NULL AND ses.expires_at > n
 # -- revocation ---------------------------------------------------------------------------
 
 
-async def _revocation(
-    conn: Connection, session_ids: list[str], reason: str | None = None
-) -> Recorded | None:
+async def _revocation(conn: Connection, session_ids: list[str], reason: str | None = None) -> Recorded | None:
     """The event (in the caller's transaction) that makes every replica close these sessions'
     websockets once `announce`d after the commit; None when there are none."""
     if not session_ids:
@@ -115,9 +113,7 @@ async def revoke_smith_sessions(
     return await _revocation(conn, ids)
 
 
-async def _revoke_session(
-    conn: Connection, smith_id: str, session_id: str, reason: str
-) -> Recorded | None:
+async def _revoke_session(conn: Connection, smith_id: str, session_id: str, reason: str) -> Recorded | None:
     """Revokes one live session of the smith (None when it has no such live session)."""
     revoked = await conn.fetchval(REVOKE_SESSION, session_id, smith_id, reason)
     return await _revocation(conn, [revoked] if revoked else [])
@@ -125,9 +121,10 @@ async def _revoke_session(
 
 async def announce(events: Events, revoked: Recorded | None) -> None:
     if revoked is not None:
+        # This process's viewer caches first: the request that revoked answers only after that,
+        # so the very next request here is refused; other replicas drop them on the announcement.
+        forget_sessions(revoked.payload["sessionIds"])
         await events.publish_recorded([revoked])
-
-
 
 
 async def permissions_changed(conn: Connection, smith_id: str) -> Recorded | None:
@@ -260,9 +257,7 @@ async def refresh(ctx: Context, refresh_token: str) -> dict[str, Any]:
     ttl = float(ctx.resources.settings.refresh_token_ttl_s)
     revoked: Recorded | None = None
     async with ctx.db.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            ROTATE_SESSION, presented, fresh_digest, ttl, ctx.client_ip, ctx.user_agent
-        )
+        row = await conn.fetchrow(ROTATE_SESSION, presented, fresh_digest, ttl, ctx.client_ip, ctx.user_agent)
         if row is not None:
             await audit.record(
                 conn, ctx, row["smith_id"], "refreshToken", "SmithSession", row["id"], {"outcome": "success"}

@@ -140,6 +140,15 @@ class Settings(BaseSettings):
     mail_rate_limit_ip: str = Field("20/hour", description="Invitation and reset mails per IP.")
     mail_rate_limit_account: str = Field("3/hour", description="Invitation and reset mails per target email.")
     request_rate_limit_ip: str = Field("1200/minute", description="GraphQL requests per IP (0 disables).")
+    viewer_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description=(
+            "Seconds an API process reuses a verified access token's session check (0 checks every "
+            "request); revocations and role changes drop it at once."
+        ),
+    )
     rate_limit_retry_s: float = Field(
         5.0,
         gt=0,
@@ -183,7 +192,16 @@ class Settings(BaseSettings):
         description="5 (Mosquitto, EMQX: shared subscriptions, acknowledged after commit) or 4 (MQTT 3.1.1).",
     )
     mqtt_client_id: str = Field(
-        "sepulki-ingest", min_length=1, description="MQTT client id of the ingest (commands: <id>-commands)."
+        "sepulki-ingest",
+        min_length=1,
+        description="MQTT client id of the ingest, stable across restarts (its session lives under it); "
+        "one per\ningest replica. Command publishers add `-commands-<role>-<pid>-<random>`.",
+    )
+    mqtt_subscription: Literal["shared", "exclusive"] = Field(
+        "shared",
+        description="shared: ingest replicas split the robots' topics ($share/sepulki/...). exclusive: "
+        "a plain\npersistent subscription, kept across Mosquitto 2.0 restarts (docs/ingest.md, "
+        '"Broker restarts").',
     )
     mqtt_admin_url: str | None = Field(
         None,
@@ -211,7 +229,8 @@ class Settings(BaseSettings):
         9464,
         ge=0,
         le=65535,
-        description="Port of GET /metrics and /health of a standalone `sepulki ingest` (0: off).",
+        description="Port of GET /metrics and /health/live|ready of `sepulki ingest` and `sepulki worker` "
+        "(0: off).",
     )
     metrics_token: str | None = Field(
         None,
@@ -226,6 +245,118 @@ class Settings(BaseSettings):
         description="Commands expire unsent after this; sent ones not acknowledged in time become TIMED_OUT.",
     )
     command_ack_timeout_s: int = Field(30, ge=1, description="How long a sent command may go unacknowledged.")
+    robot_offline_after_s: int = Field(
+        120,
+        ge=0,
+        description="Seconds without any MQTT or HTTP message before a robot is marked OFFLINE; 0: never.",
+    )
+    robot_liveness_interval_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between looks for silent robots (and fleets following their robots' status).",
+    )
+    task_worker_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often the task worker fires due schedules, dispatches queued tasks and applies "
+        "robots' reports (it also wakes on NOTIFY).",
+    )
+    task_max_attempts: int = Field(
+        3, ge=1, le=20, description="Runs a task gets in all: a failed run is retried until this many ran."
+    )
+    task_run_timeout_s: int = Field(
+        3600, ge=1, description="A run RUNNING longer than this without finishing fails (and may be retried)."
+    )
+    task_min_battery: float = Field(
+        15.0, ge=0, le=100, description="Robots below this battery level (percent) are not given tasks."
+    )
+    edict_reload_s: float = Field(
+        2.0, gt=0, le=300, description="How often the rule evaluator reloads active edicts and robots' scope."
+    )
+    edict_missing_check_s: float = Field(
+        5.0, gt=0, le=3600, description="How often robots are checked against missing-data rules."
+    )
+    notify_in_api: bool = Field(
+        True,
+        description=(
+            "Whether `sepulki serve` delivers alert mails and webhook calls too (`sepulki worker` does)."
+        ),
+    )
+    notify_poll_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="How often the notification worker looks for due mails and webhook calls.",
+    )
+    notify_lease_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "How long a claimed delivery stays with its worker; after a crash another retries it then."
+        ),
+    )
+    notify_max_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts of one e-mail or webhook call before it is marked FAILED."
+    )
+    notify_backoff_s: float = Field(
+        2.0, gt=0, le=3600, description="Wait before the first retry of a delivery; doubles at each attempt."
+    )
+    notify_backoff_max_s: float = Field(
+        900.0, gt=0, le=86400, description="Longest wait between two attempts of a delivery."
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="How long a webhook endpoint may take to answer one call."
+    )
+    webhook_disable_after: int = Field(
+        10, ge=1, le=1000, description="Consecutive failed calls after which a webhook endpoint is disabled."
+    )
+    simulate_task_duration_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="How long a simulated robot takes to run a dispatched task (seconds).",
+    )
+    simulate_task_failure_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of dispatched tasks a simulated robot fails, with a reason."
+    )
+    build_poll_s: float = Field(
+        1.0, gt=0, le=60, description="How often workers look for queued build and temper jobs (seconds)."
+    )
+    build_lease_s: int = Field(
+        300,
+        ge=1,
+        description="A running build or temper job whose worker went silent this long is run again "
+        "(seconds).",
+    )
+    build_max_attempts: int = Field(
+        3, ge=1, le=20, description="Runs of one build or temper job before it fails for good."
+    )
+    temper_iterations: int = Field(
+        200, ge=1, le=100000, description="Candidate parameter sets one temperIngot job evaluates."
+    )
+    deployment_poll_s: float = Field(
+        1.0, gt=0, le=60, description="How often workers fold robots' update results into their deployments."
+    )
+    upload_max_bytes: int = Field(
+        1_048_576, ge=1, le=20 * 1024 * 1024, description="Largest program or route file accepted (bytes)."
+    )
+    upload_program_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("json", "yaml", "yml"),
+        description="File extensions uploadProgram accepts (comma-separated, without dots).",
+    )
+    upload_route_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("json", "gpx", "yaml", "yml"),
+        description="File extensions uploadRoute accepts (comma-separated, without dots).",
+    )
+    simulate_update_failure_rate: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of UPDATE_INGOT commands the simulated robots of `./run dev` fail (0..1).",
+    )
     ws_queue_size: int = Field(
         1000,
         ge=1,
@@ -242,7 +373,7 @@ class Settings(BaseSettings):
         30,
         ge=1,
         le=86400,
-        description="An anonymous websocket running no operation is closed (1000 \"Idle\") this long "
+        description='An anonymous websocket running no operation is closed (1000 "Idle") this long '
         "after its last subscribe message.",
     )
     ws_message_rate: float = Field(
@@ -299,6 +430,36 @@ class Settings(BaseSettings):
         description="How long events stay replayable with `after` / Last-Event-ID (seconds; 0 keeps "
         "them forever).",
     )
+    telemetry_partition_interval: Literal["month", "week", "day"] = Field(
+        "month", description="Time range of one partition of telemetry, robot events and rollups (UTC)."
+    )
+    telemetry_partitions_ahead: int = Field(
+        2, ge=1, le=60, description="Partitions the worker keeps created ahead of the current one."
+    )
+    telemetry_raw_retention_days: int = Field(
+        30, ge=0, description="Days raw telemetry samples are kept (whole partitions dropped; 0: forever)."
+    )
+    telemetry_1m_retention_days: int = Field(
+        90, ge=0, description="Days 1-minute rollups are kept (0: forever)."
+    )
+    telemetry_1h_retention_days: int = Field(
+        365, ge=0, description="Days 1-hour rollups are kept (0: forever)."
+    )
+    telemetry_1d_retention_days: int = Field(0, ge=0, description="Days 1-day rollups are kept (0: forever).")
+    robot_events_retention_days: int = Field(
+        0, ge=0, description="Days robot events are kept (whole partitions dropped; 0: forever)."
+    )
+    telemetry_rollup_interval_s: float = Field(
+        10.0, gt=0, description="How often the worker brings the telemetry rollups up to date (seconds)."
+    )
+    telemetry_maintenance_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How often the worker creates partitions ahead and applies retention (seconds).",
+    )
+    utilization_refresh_s: float = Field(
+        300.0, gt=0, description="How often robot_utilization_daily is refreshed (seconds)."
+    )
     simulate_robots: int = Field(4, ge=0, description="Simulated robots `./run dev` starts (0: none).")
     max_query_cost: int = Field(5000, ge=1, description="Largest estimated cost of one GraphQL operation.")
     max_query_depth: int = Field(12, ge=1, description="Deepest selection of one GraphQL operation.")
@@ -325,6 +486,23 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Log level."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text, or json: one JSON object per line (python-json-logger) with request_id and "
+        "robot_id\nfields where known.",
+    )
+    tracing: bool = Field(
+        False,
+        description="Trace GraphQL operations and their resolvers with OpenTelemetry (Ariadne's "
+        "extension; needs\n`pip install 'sepulki[tracing]'` and an exporter from the OTEL_* variables). "
+        "Off: it wraps every resolver.",
+    )
+    mail_to_files: bool = Field(
+        False,
+        description="In production with SEPULKI_SMTP_URL empty, write mails as files under "
+        "SEPULKI_DATA_DIR/mail;\nwithout it a production process refuses to start with no mail "
+        "transport.",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -332,6 +510,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("upload_program_types", "upload_route_types", mode="before")
+    @classmethod
+    def _split_extensions(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        return tuple(str(item).strip().lower().lstrip(".") for item in items if str(item).strip())
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

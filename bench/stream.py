@@ -314,6 +314,14 @@ class Child:
         return value
 
 
+def rss_kib(pid: int) -> int:
+    """The process's resident set (VmRSS, KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -430,6 +438,7 @@ async def measure(
             body = (await client.post(f"http://127.0.0.1:{port}/graphql", json={"query": LOGIN})).json()
         token = body["data"]["login"]["session"]["token"]
         per_client = -(-args.subscribers // args.clients)
+        rss_before = rss_kib(pid)
         clients = []
         for c in range(args.clients):
             count = min(per_client, args.subscribers - c * per_client)
@@ -439,6 +448,8 @@ async def measure(
         for child in clients:
             assert await child.line() == "ready"
         await asyncio.sleep(1)  # the last subscriptions reach the server's bus
+        # Subscribed and idle (nothing published yet): what each socket holds in the API.
+        rss_per_socket = (rss_kib(pid) - rss_before) * 1024 / max(1, args.subscribers)
         cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
         clients_before = sum(cpu_seconds(c.process.pid) for c in clients)
         publisher = await Child.start(
@@ -486,6 +497,20 @@ async def measure(
         client_processes_cpu_cores=round(clients_cpu, 2),
         **setup,
     )
+    emit(figure="stream_rss_per_idle_socket_kb", value=round(rss_per_socket / 1000, 1), target=50, **setup)
+    delivered = sum(len(r["samples"]) for r in results) / expected if expected else 0.0
+    print(f"\nbench.stream: {args.subscribers} sockets, {args.robots} robots × {args.hz:g} Hz")
+    print(f"{'figure':<34} {'value':>10} {'target':>10}  baseline (same run)")
+    rows = [
+        ("deliveries/s", ours["per_s"], "", f"redis-py subscriber {baseline['per_s']:,.0f}/s"),
+        ("p50 ms", ours["p50"], "", f"{baseline['p50']:.2f}"),
+        ("p99 ms", ours["p99"], "< 100 (≤ 10k/s), < 250", f"{baseline['p99']:.2f}"),
+        ("delivered fraction", delivered, "1.0", ""),
+        ("RSS per idle socket KB", rss_per_socket / 1000, "≤ 50", ""),
+        ("API CPU cores", cpu, "", f"clients {clients_cpu:.2f}"),
+    ]
+    for name, value, target, note in rows:
+        print(f"{name:<34} {value:>10,.2f} {target:>10}  {note}")
 
 
 def main() -> None:
@@ -508,7 +533,11 @@ def main() -> None:
     parser.add_argument("--token")
     parser.add_argument("--count", type=int)
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="a few sockets for a second: the CI check")
     args = parser.parse_args()
+    if args.smoke:
+        args.robots, args.subscribers, args.clients = 5, 20, 1
+        args.seconds, args.warmup, args.drain = 1.0, 0.5, 5.0
     roles = {
         "orchestrate": orchestrate,
         "publisher": run_publisher,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
 
-from app import edicts
+from app import commands, edicts
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
@@ -58,17 +59,26 @@ async def resolve_deactivate_edict(_: Any, info: Info, id: str) -> dict[str, Any
 # A plain function, not an async generator: a malformed id or `after` is refused at subscribe time.
 @subscription.source("policyBreaches")
 def policy_breaches_source(
-    _: Any, info: Info, severity: str | None = None, after: str | None = None
+    _: Any, info: Info, severity: str | None = None, fleet_id: str | None = None, after: str | None = None
 ) -> AsyncGenerator[Event, None]:
     def accept(breach: Message) -> bool:
         return severity is None or breach.get("severity") == severity
 
-    return subscription_source(info, channels.BREACHES, after, accept)
+    fleet = parse_id(fleet_id, "fleetId") if fleet_id is not None else None
+    return subscription_source(info, channels.breaches_of(fleet), after, accept)
 
 
 subscription.set_field("policyBreaches", resolve_event)
 
 
 policy_breach.set_field("eventId", resolve_event_id)
+
+
+@policy_breach.field("commands")
+async def resolve_breach_commands(breach: dict[str, Any], info: Info) -> list[dict[str, Any]]:
+    ids = breach.get("command_ids") or []
+    found = await asyncio.gather(*(info.context.loaders.load(commands.commands_by_id, i) for i in ids))
+    return [c for c in found if c is not None]
+
 
 bindables = [query, mutation, subscription, policy_breach]

@@ -55,6 +55,12 @@ async def resolve_emergency_stop(_: Any, info: Info, fleet_id: str) -> dict[str,
     return await fleets.emergency_stop(info.context, viewer, parse_id(fleet_id, "fleetId"))
 
 
+@mutation.field("releaseEmergencyStop")
+async def resolve_release_emergency_stop(_: Any, info: Info, fleet_id: str) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await fleets.release_emergency_stop(info.context, viewer, parse_id(fleet_id, "fleetId"))
+
+
 @mutation.field("updateFleetLocation")
 async def resolve_update_fleet_location(
     _: Any, info: Info, fleet_id: str, coordinates: dict

@@ -40,10 +40,10 @@ async def resolve_cast_ingot(_: Any, info: Info, sepulka_id: str) -> dict[str, A
 
 
 @mutation.field("temperIngot")
-async def resolve_temper_ingot(
-    _: Any, info: Info, ingot_id: str, input: dict[str, Any]
-) -> dict[str, Any]:
-    return await ingots.temper(info.context, parse_id(ingot_id, "ingotId"), input)
+async def resolve_temper_ingot(_: Any, info: Info, ingot_id: str, input: dict[str, Any]) -> dict[str, Any]:
+    ingot_id = parse_id(ingot_id, "ingotId")
+    viewer = await info.context.require()
+    return await ingots.temper(info.context, viewer, ingot_id, input)
 
 
 @mutation.field("quenchToFleet")
@@ -51,13 +51,12 @@ async def resolve_quench_to_fleet(
     _: Any, info: Info, ingot_id: str, fleet_id: str, rollout_percent: int | None = 100
 ) -> dict[str, Any]:
     ingot_id, fleet_id = parse_id(ingot_id, "ingotId"), parse_id(fleet_id, "fleetId")
-    return await ingots.quench(info.context, ingot_id, fleet_id, rollout_percent)
+    viewer = await info.context.require()
+    return await ingots.quench(info.context, viewer, ingot_id, fleet_id, rollout_percent)
 
 
 @mutation.field("recallFleet")
-async def resolve_recall_fleet(
-    _: Any, info: Info, fleet_id: str, to_version: str
-) -> dict[str, Any]:
+async def resolve_recall_fleet(_: Any, info: Info, fleet_id: str, to_version: str) -> dict[str, Any]:
     fleet_id = parse_id(fleet_id, "fleetId")
     viewer = await info.context.require()
     return await ingots.recall(info.context, viewer, fleet_id, to_version)

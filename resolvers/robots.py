@@ -7,7 +7,7 @@ from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
 
-from app import fleets, floors, ingots, robots
+from app import fleets, floors, ingots, maintenance, robot_setup, robot_status, robots
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
@@ -39,9 +39,7 @@ async def resolve_robot(_: Any, info: Info, id: str) -> dict[str, Any] | None:
 
 
 @mutation.field("updateRobotStatus")
-async def resolve_update_robot_status(
-    _: Any, info: Info, robot_id: str, status: str
-) -> dict[str, Any]:
+async def resolve_update_robot_status(_: Any, info: Info, robot_id: str, status: str) -> dict[str, Any]:
     viewer = await info.context.require()
     return await robots.update_status(info.context, viewer, parse_id(robot_id, "robotId"), status)
 
@@ -55,11 +53,60 @@ async def resolve_update_robot_location(
 
 
 @mutation.field("updateRobotMobility")
-async def resolve_update_robot_mobility(
-    _: Any, info: Info, robot_id: str, is_mobile: bool
-) -> dict[str, Any]:
+async def resolve_update_robot_mobility(_: Any, info: Info, robot_id: str, is_mobile: bool) -> dict[str, Any]:
     viewer = await info.context.require()
     return await robots.update_mobility(info.context, viewer, parse_id(robot_id, "robotId"), is_mobile)
+
+
+@mutation.field("registerRobot")
+async def resolve_register_robot(_: Any, info: Info, input: dict) -> dict[str, Any]:
+    viewer = await info.context.require()
+    ingot = input.get("ingot_id")
+    ids = {
+        "fleet": parse_id(input["fleet_id"], "input.fleetId"),
+        "sepulka": parse_id(input["sepulka_id"], "input.sepulkaId"),
+        "ingot": parse_id(ingot, "input.ingotId") if ingot is not None else None,
+    }
+    return await robot_setup.register(info.context, viewer, input, ids)
+
+
+@mutation.field("updateRobotFirmware")
+async def resolve_update_robot_firmware(_: Any, info: Info, robot_id: str, version: str) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await robot_setup.update_firmware(info.context, viewer, parse_id(robot_id, "robotId"), version)
+
+
+@mutation.field("calibrateRobot")
+async def resolve_calibrate_robot(_: Any, info: Info, robot_id: str, parameters: Any) -> dict[str, Any]:
+    viewer = await info.context.require()
+    return await robot_setup.calibrate(info.context, viewer, parse_id(robot_id, "robotId"), parameters)
+
+
+@robot_type.field("networkStatus")
+def resolve_network_status(robot: dict, info: Info) -> dict[str, Any]:
+    return robot_status.network_view(robot, info.context.resources.settings.robot_offline_after_s)
+
+
+@robot_type.field("statusHistory")
+async def resolve_status_history(robot: dict, info: Info, limit: int = 20) -> list[dict[str, Any]]:
+    size = robot_status.check_size(limit, "limit")
+    return await info.context.loaders.load(robot_status.history_by_robot_id, (robot["id"], size))
+
+
+@robot_type.field("upcomingMaintenance")
+async def resolve_upcoming_maintenance(robot: dict, info: Info) -> list[dict[str, Any]]:
+    return await info.context.loaders.load(maintenance.open_by_robot_id, robot["id"])
+
+
+@robot_type.field("nextMaintenance")
+async def resolve_next_maintenance(robot: dict, info: Info) -> dict[str, Any] | None:
+    upcoming = await info.context.loaders.load(maintenance.open_by_robot_id, robot["id"])
+    return upcoming[0] if upcoming else None
+
+
+@robot_type.field("maintenanceSchedules")
+async def resolve_maintenance_schedules(robot: dict, info: Info) -> list[dict[str, Any]]:
+    return await info.context.loaders.load(maintenance.schedules_by_robot_id, robot["id"])
 
 
 @robot_type.field("currentIngot")

@@ -44,6 +44,20 @@ async def resolve_delete_sepulka(_: Any, info: Info, id: str) -> dict[str, Any]:
     return await sepulkas.delete(info.context, viewer, sepulka_id)
 
 
+@mutation.field("updateSepulka")
+async def resolve_update_sepulka(_: Any, info: Info, id: str, input: dict[str, Any]) -> dict[str, Any]:
+    sepulka_id = parse_id(id)
+    viewer = await info.context.require()
+    return await sepulkas.update(info.context, viewer, sepulka_id, input)
+
+
+@mutation.field("markSepulkaCastReady")
+async def resolve_mark_cast_ready(_: Any, info: Info, id: str) -> dict[str, Any]:
+    sepulka_id = parse_id(id)
+    viewer = await info.context.require()
+    return await sepulkas.mark_cast_ready(info.context, viewer, sepulka_id)
+
+
 @sepulka.field("pattern")
 async def resolve_pattern(row: dict[str, Any], info: Info) -> dict[str, Any] | None:
     if row["pattern_id"] is None:

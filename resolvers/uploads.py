@@ -1,4 +1,4 @@
-"""Resolvers of schema/uploads.graphql (both answer NOT_IMPLEMENTED after checking their arguments)."""
+"""Resolvers of schema/uploads.graphql: uploadProgram and uploadRoute (multipart file uploads)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ mutation = MutationType()
 async def resolve_upload_program(
     _: Any, info: Info, file: Any, robot_id: str | None = None, fleet_id: str | None = None
 ) -> dict[str, Any]:
-    return await uploads.upload_program(robot_id, fleet_id, file)
+    robot_id, fleet_id = uploads.check_target(robot_id, fleet_id)
+    viewer = await info.context.require()
+    return await uploads.upload_program(info.context, viewer, robot_id, fleet_id, file)
 
 
 @mutation.field("uploadRoute")
 async def resolve_upload_route(
     _: Any, info: Info, file: Any, robot_id: str | None = None, fleet_id: str | None = None
 ) -> dict[str, Any]:
-    return await uploads.upload_route(robot_id, fleet_id, file)
+    robot_id, fleet_id = uploads.check_target(robot_id, fleet_id)
+    viewer = await info.context.require()
+    return await uploads.upload_route(info.context, viewer, robot_id, fleet_id, file)
 
 
 bindables = [mutation]

@@ -151,3 +151,68 @@ INSERT INTO robot_events (robot_id, fleet_id, seq, ts, type, severity, message, 
 SELECT '70000000-0000-4000-8000-000000000003', '40000000-0000-4000-8000-000000000003', 1, now() - interval '20 minutes',
        'BATTERY_LOW', 'WARNING', 'Battery below 40%, heading to charger', '{"batteryLevel": 39.5}'
 WHERE NOT EXISTS (SELECT 1 FROM robot_events WHERE robot_id = '70000000-0000-4000-8000-000000000003' AND seq = 1);
+
+-- Partitions for the history below (the worker would create them, moving the rows that arrived
+-- first out of the DEFAULT partitions; made here so that no process has to on its first start).
+SELECT partition_create(v.t::regclass, m.lo, ((m.lo AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC', v.k)
+FROM (VALUES ('telemetry', 'ts'), ('telemetry_1m', 'bucket'), ('telemetry_1h', 'bucket'), ('telemetry_1d', 'bucket'))
+       AS v(t, k)
+CROSS JOIN (SELECT date_trunc('month', now() - interval '8 days', 'UTC') AS lo) AS m;
+
+-- A week of history for the demo robots, ending a day before the last hour above: a sample every
+-- 20 minutes and their status messages, in 6-hour cycles (5 hours draining the battery, working
+-- then idle, 1 hour charging), robot 4's health slowly falling. Loaded once. Sequence numbers
+-- 300 to 803 (samples) and 805 to 973 (status rows, is_status) stay clear of the last hour's.
+INSERT INTO telemetry (robot_id, fleet_id, seq, ts, status, battery_level, health_score, pose, metrics)
+SELECT r.id, r.fleet_id, 300 + g.i, h.ts, h.status, h.battery,
+       round(least(100, r.health_score + CASE WHEN r.id = '70000000-0000-4000-8000-000000000004'
+                                              THEN (504 - g.i) * 0.016 ELSE 0 END + 0.5 * sin(g.i / 11.0))::numeric, 2),
+       r.last_pose,
+       jsonb_build_object(
+         'BATTERY_SOC', h.battery,
+         'CPU_USAGE', round((CASE WHEN h.status = 'WORKING' THEN 55 ELSE 20 END + 8 * sin(g.i / 5.0))::numeric, 2),
+         'MEMORY_USAGE', round((50 + 5 * cos(g.i / 7.0))::numeric, 2),
+         'MOTOR_TEMPERATURE', round((CASE WHEN h.status = 'WORKING' THEN 52 ELSE 35 END + 4 * sin(g.i / 9.0))::numeric, 2),
+         'VIBRATION', round((CASE WHEN h.status = 'WORKING' THEN 0.4 ELSE 0.05 END + 0.1 * abs(sin(g.i)))::numeric, 3),
+         'VELOCITY', round((CASE WHEN h.status = 'WORKING' THEN 0.9 + 0.3 * sin(g.i) ELSE 0 END)::numeric, 2),
+         'SIGNAL_STRENGTH', -65)
+FROM robots r CROSS JOIN generate_series(0, 503) AS g(i)
+CROSS JOIN LATERAL (
+  SELECT date_trunc('minute', now()) - interval '8 days' + g.i * interval '20 minutes' AS ts,
+         (CASE WHEN g.i % 18 < 9 THEN 'WORKING' WHEN g.i % 18 < 15 THEN 'IDLE' ELSE 'CHARGING' END)::robot_status AS status,
+         round((CASE WHEN g.i % 18 < 15 THEN 95 - (g.i % 18) * 4.4 ELSE 33 + (g.i % 18 - 14) * 20 END)::numeric, 1)::float8 AS battery
+) AS h
+WHERE r.id IN ('70000000-0000-4000-8000-000000000001', '70000000-0000-4000-8000-000000000002',
+               '70000000-0000-4000-8000-000000000003', '70000000-0000-4000-8000-000000000004')
+  AND NOT EXISTS (SELECT 1 FROM telemetry t WHERE t.robot_id = r.id AND t.seq = 300 AND NOT t.is_status)
+ON CONFLICT DO NOTHING;
+
+INSERT INTO telemetry (robot_id, fleet_id, seq, ts, status, metrics, is_status)
+SELECT r.id, r.fleet_id, 805 + c.n, c.ts, c.status, '{}', true
+FROM robots r
+CROSS JOIN LATERAL (
+  SELECT g.n, date_trunc('minute', now()) - interval '8 days' + g.n * interval '60 minutes' AS ts,
+         (CASE WHEN g.n % 6 < 3 THEN 'WORKING' WHEN g.n % 6 < 5 THEN 'IDLE' ELSE 'CHARGING' END)::robot_status AS status
+  FROM generate_series(0, 167) AS g(n) WHERE g.n % 6 IN (0, 3, 5)
+  UNION ALL
+  -- The robot's current status, from the end of the history on.
+  SELECT 168, date_trunc('minute', now()) - interval '25 hours', r.status
+) AS c
+WHERE r.id IN ('70000000-0000-4000-8000-000000000001', '70000000-0000-4000-8000-000000000002',
+               '70000000-0000-4000-8000-000000000003', '70000000-0000-4000-8000-000000000004')
+  AND NOT EXISTS (SELECT 1 FROM telemetry t WHERE t.robot_id = r.id AND t.seq = 805 AND t.is_status)
+ON CONFLICT DO NOTHING;
+
+-- The rollups and the utilization view of what the seed stored, as the worker would leave them
+-- (only the demo robots' minutes without rollups: a database full of other data is left alone).
+INSERT INTO telemetry_rollup_pending (robot_id, bucket)
+SELECT DISTINCT t.robot_id, date_trunc('minute', t.ts, 'UTC') FROM telemetry t
+WHERE t.robot_id IN ('70000000-0000-4000-8000-000000000001', '70000000-0000-4000-8000-000000000002',
+                     '70000000-0000-4000-8000-000000000003', '70000000-0000-4000-8000-000000000004')
+  AND NOT t.is_status
+  AND NOT EXISTS (SELECT 1 FROM telemetry_1m m
+                  WHERE m.robot_id = t.robot_id AND m.bucket = date_trunc('minute', t.ts, 'UTC'))
+ON CONFLICT DO NOTHING;
+SELECT telemetry_rollup(1000000, '-infinity');
+REFRESH MATERIALIZED VIEW robot_utilization_daily;
+ANALYZE telemetry, telemetry_1m, telemetry_1h, telemetry_1d;

@@ -69,6 +69,9 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         # Each app counts its own attempts, even when a test moves the event bus to the shared
         # Redis; tests of the Redis-backed limits set this themselves.
         rate_limit_storage_url="async+memory://",
+        # The seeded robots were last heard from weeks ago: with the inactivity timeout on, every
+        # test would see them go OFFLINE. Tests of the timeout turn it on (tests/test_robot_liveness.py).
+        robot_offline_after_s=0,
     )
 
 

@@ -61,6 +61,9 @@ PICK_RUN = "90000000-0000-4000-8000-000000000002"  # PICK_TASK by ALPHA: RUNNING
 
 # Edicts.
 SPEED_EDICT = "a0000000-0000-4000-8000-000000000001"  # Maximum Speed Limit: SAFETY, by admin
+BATTERY_EDICT = (
+    "a0000000-0000-4000-8000-000000000002"  # Battery Level Warning: battery_level lt 20, all robots
+)
 FORCE_EDICT = "a0000000-0000-4000-8000-000000000003"  # Force Limit Safety: SAFETY, by dev, for ASSEMBLY_FLEET
 
 # Not in the seed: well-formed ids that no row has, for "not found".

@@ -335,9 +335,7 @@ async def test_a_locked_out_smith_signs_in_again_after_resetting_the_password(
     locked = await mail_api.create_smith("locked.out@fleet.example", "SMITH", password="forgotten-pw-123")
     for _ in range(6):  # the 6th failure locks the email
         assert await login(mail_api, (locked[0], "a-wrong-guess-123")) is None
-    refused = await mail_api.execute(
-        LOGIN, {"email": locked[0], "password": "forgotten-pw-123"}, as_=None
-    )
+    refused = await mail_api.execute(LOGIN, {"email": locked[0], "password": "forgotten-pw-123"}, as_=None)
     assert [e["extensions"]["code"] for e in refused["errors"]] == ["RATE_LIMITED"]
 
     await mail_api.data(RESET, {"email": locked[0]}, as_=None)

@@ -50,7 +50,7 @@ from app.core.permissions import ROLE_PERMISSIONS, Perm, Role
 from app.settings import Settings
 from app.web.errors import error_formatter
 from app.web.graphql_app import build_schema
-from tests.seed_ids import ADMIN_ID, ALPHA
+from tests.seed_ids import ADMIN_ID, ALPHA, DEV_FLEET, PICK_TASK
 from tests.support import ROOT, Api
 
 ANONYMOUS = "ANONYMOUS"
@@ -342,6 +342,15 @@ NESTED: dict[str, tuple[str, str]] = {
         "robotCommands",
         f'{{ robotCommands(robotId: "{ALPHA}") {{ issuedBy {{ id %s }} }} }}',
     ),
+    "RobotStatusChange.actor": (
+        "robotStatusHistory",
+        f'{{ robotStatusHistory(robotId: "{ALPHA}") {{ edges {{ node {{ actor {{ id %s }} }} }} }} }}',
+    ),
+    "TaskTransition.smith": (
+        "task",
+        f'{{ task(id: "{PICK_TASK}") {{ transitions {{ edges {{ node {{ smith {{ id %s }} }} }} }} }} }}',
+    ),
+    "ScheduledTask.createdBy": ("scheduledTasks", "{ scheduledTasks { createdBy { id %s } } }"),
     "AuditLog.smith": (
         "auditLogs",
         f'{{ auditLogs(first: 5, filter: {{smithId: "{ADMIN_ID}"}}) '
@@ -362,7 +371,8 @@ NESTED_CASES = [(path, field, caller) for path in NESTED for field in SMITH_FIEL
 
 @pytest.fixture(scope="module")
 async def authored(callers: Callers) -> Callers:
-    """A command and an audit row of the seed's admin, besides the seed's floors, tasks, sepulkas."""
+    """A command, an audit row and a robot status change of the seed's admin, besides the seed's
+    floors, tasks, sepulkas."""
     db = callers.api.resources.db
     await db.execute(
         "INSERT INTO robot_commands (robot_id, type, issued_by, expires_at) "
@@ -372,6 +382,24 @@ async def authored(callers: Callers) -> Callers:
     )
     await db.execute(
         "INSERT INTO audit_logs (smith_id, action, resource_type) VALUES ($1, 'login', 'SmithSession')",
+        ADMIN_ID,
+    )
+    await db.execute(
+        "INSERT INTO task_transitions (task_id, from_status, to_status, actor_type, smith_id) "
+        "VALUES ($1, 'ASSIGNED', 'IN_PROGRESS', 'SMITH', $2)",
+        PICK_TASK,
+        ADMIN_ID,
+    )
+    await db.execute(
+        "INSERT INTO scheduled_tasks (fleet_id, name, type, cron, next_run_at, created_by) "
+        "VALUES ($1, 'Nightly', 'PATROL', '0 2 * * *', now() + interval '1 day', $2)",
+        DEV_FLEET,
+        ADMIN_ID,
+    )
+    await db.execute(
+        "INSERT INTO robot_status_changes (robot_id, from_status, to_status, cause, actor_id) "
+        "VALUES ($1, 'WORKING', 'CHARGING', 'OPERATOR', $2)",
+        ALPHA,
         ADMIN_ID,
     )
     return callers

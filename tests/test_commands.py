@@ -29,7 +29,7 @@ from app.infra import db
 from app.settings import Settings
 from app.workers.commands import Sweeper
 from tests.live import serving
-from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_BOT_01
+from tests.seed_ids import ALPHA, BETA, DEV_FLEET, PICK_RUN, PICK_TASK, WAREHOUSE_BOT_01
 from tests.servers import MosquittoServer
 from tests.support import ADMIN, Api, eventually, with_broker
 from tests.wsclient import subscribe
@@ -258,24 +258,34 @@ async def test_a_command_that_cannot_be_sent_in_time_expires(api: Api) -> None:
     assert seen["state"] == "EXPIRED" and seen["completedAt"] is not None
 
 
-async def test_emergency_stop_sends_each_robot_of_the_fleet_an_emergency_stop(
+async def test_emergency_stop_sends_each_robot_of_the_fleet_an_emergency_stop_then_drops_its_run(
     commanding: Api, mosquitto: MosquittoServer
 ) -> None:
     async with robot_on(mosquitto.url, ALPHA, BETA, WAREHOUSE_BOT_01) as robots:
         stopped = await commanding.data(EMERGENCY_STOP, {"fleetId": DEV_FLEET})
-        received = dict([await robots.next(), await robots.next()])
+        received = [await robots.next() for _ in range(3)]
         with pytest.raises(TimeoutError):
             await robots.next(timeout=0.5)  # the warehouse robot is in another fleet
     assert stopped["emergencyStop"]["status"] == "MAINTENANCE"
-    assert set(received) == {f"robots/{r}/commands" for r in (ALPHA, BETA)}
-    assert {m["type"] for m in received.values()} == {"EMERGENCY_STOP"}
-    assert {m["params"]["fleetId"] for m in received.values()} == {DEV_FLEET}
-    rows = await commanding.resources.db.fetch("SELECT robot_id, type FROM robot_commands ORDER BY robot_id")
+    by_robot: dict[str, list[dict[str, Any]]] = {}
+    for topic, message in received:
+        by_robot.setdefault(topic, []).append(message)
+    # Alpha was running the seeded pick task: it is halted first, then told to drop that run.
+    assert [m["type"] for m in by_robot[f"robots/{ALPHA}/commands"]] == ["EMERGENCY_STOP", "CANCEL_TASK"]
+    assert [m["type"] for m in by_robot[f"robots/{BETA}/commands"]] == ["EMERGENCY_STOP"]
+    stops = [m for _, m in received if m["type"] == "EMERGENCY_STOP"]
+    assert {m["params"]["fleetId"] for m in stops} == {DEV_FLEET}
+    cancel = by_robot[f"robots/{ALPHA}/commands"][1]
+    assert cancel["params"] == {"taskId": PICK_TASK, "runId": PICK_RUN}
+    rows = await commanding.resources.db.fetch(
+        "SELECT robot_id, type FROM robot_commands ORDER BY robot_id, type DESC"
+    )
     assert [(r["robot_id"], r["type"]) for r in rows] == [
         (ALPHA, "EMERGENCY_STOP"),
+        (ALPHA, "CANCEL_TASK"),
         (BETA, "EMERGENCY_STOP"),
     ]
-    for command in received.values():
+    for _, command in received:
         await state_becomes(commanding, command["commandId"], "SENT")
 
 
@@ -294,8 +304,10 @@ async def test_dispatching_a_task_queues_it_as_a_command_for_the_assigned_robot(
     assert command["type"] == "DISPATCH_TASK"
     assert command["taskId"] == task_id
     assert command["state"] == "QUEUED"
+    run_id = await api.resources.db.fetchval("SELECT id FROM runs WHERE task_id = $1", task_id)
     assert command["params"] == {
         "taskId": task_id,
+        "runId": run_id,
         "name": "Sort bin 7",
         "type": "PICK_AND_PLACE",
         "parameters": {"bin": 7},

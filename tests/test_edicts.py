@@ -140,16 +140,16 @@ async def test_update_by_someone_else_is_forbidden_and_unknown_is_not_found(api:
     other = await api.create_smith(
         "o@sepulki.com", "OVER_SMITH", permissions=["MANAGE_EDICTS", "VIEW_EDICTS"]
     )
-    assert (
-        await api.error_codes(UPDATE, {"id": FORCE_EDICT, "input": edict_input()}, as_=other) == ["FORBIDDEN"]
-    )
+    assert await api.error_codes(UPDATE, {"id": FORCE_EDICT, "input": edict_input()}, as_=other) == [
+        "FORBIDDEN"
+    ]
     assert (
         await api.resources.db.fetchval("SELECT name FROM edicts WHERE id = $1", FORCE_EDICT)
         == "Force Limit Safety"
     )
-    assert (
-        await api.error_codes(UPDATE, {"id": SPEED_EDICT, "input": edict_input()}, as_=DEV) == ["FORBIDDEN"]
-    )
+    assert await api.error_codes(UPDATE, {"id": SPEED_EDICT, "input": edict_input()}, as_=DEV) == [
+        "FORBIDDEN"
+    ]
     assert await api.error_codes(DEACTIVATE, {"id": FORCE_EDICT}, as_=other) == ["FORBIDDEN"]
     unknown = "a0000000-0000-4000-8000-000000000099"
     assert await api.error_codes(UPDATE, {"id": unknown, "input": edict_input()}) == ["NOT_FOUND"]
@@ -185,3 +185,61 @@ async def test_deactivate_clears_scope_and_resolves_open_violations(api: Api) ->
     row = await db.fetchrow("SELECT active, applies_to FROM edicts WHERE id = $1", FORCE_EDICT)
     assert (row["active"], row["applies_to"]) == (False, None)
     assert await db.fetchval("SELECT count(*) FROM audit_logs WHERE action = 'deactivateEdict'") == 1
+
+
+# --- rules that act: validation at save time, then evaluation of live telemetry ---------------
+
+
+def metric_rules(*rules: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    condition = {"type": "metric", "operator": "AND", "rules": list(rules)}
+    return {"condition": condition, "actions": [{"type": "ALERT"}]} | extra
+
+
+async def test_a_bad_rule_is_refused_naming_its_bad_part_on_add_and_update(api: Api) -> None:
+    threshold = {"metric": "battery_level", "op": "lt", "value": 20}
+    cases = [
+        (metric_rules({**threshold, "op": "below"}), "rules.condition.rules[0].op"),
+        (metric_rules(threshold, {"metric": "FORCE", "op": "gt"}), "rules.condition.rules[1].value"),
+        (metric_rules({**threshold, "metric": ""}), "rules.condition.rules[0].metric"),
+        (metric_rules({"kind": "sometimes", "metric": "FORCE"}), "rules.condition.rules[0].kind"),
+        (metric_rules({"kind": "missing"}), "rules.condition.rules[0].seconds"),
+        (
+            metric_rules({"kind": "anomaly", "metric": "FORCE", "tiers": [{"z": 3, "severity": "LOUD"}]}),
+            "rules.condition.rules[0].tiers[0]",
+        ),
+        (
+            metric_rules({**threshold, "overrides": {"DevBot-Alpha": 30}}),
+            "rules.condition.rules[0].overrides",
+        ),
+        (metric_rules(threshold, debounce={"samples": 0}), "rules.debounce.samples"),
+        (metric_rules(threshold, cooldownSeconds=-1), "rules.cooldownSeconds"),
+        (metric_rules(threshold, hysteresis="wide"), "rules.hysteresis"),
+        ({**metric_rules(threshold), "actions": [{"type": "SELF_DESTRUCT"}]}, "rules.actions[0].type"),
+        (
+            {"condition": {"type": "metric", "operator": "XOR", "rules": [threshold]}, "actions": []},
+            "rules.condition.operator",
+        ),
+    ]
+    for rules, part in cases:
+        for query, variables in (
+            (ADD, {"input": edict_input(rules=rules)}),
+            (UPDATE, {"id": FORCE_EDICT, "input": edict_input(rules=rules)}),
+        ):
+            error = (await api.execute(query, variables))["errors"][0]
+            assert error["extensions"]["code"] == "BAD_USER_INPUT", (part, error)
+            assert error["extensions"]["field"] == "rules" and part in error["message"], (part, error)
+    assert await api.resources.db.fetchval("SELECT count(*) FROM edicts") == 3
+    assert (await api.resources.db.fetchval("SELECT rules FROM edicts WHERE id = $1", FORCE_EDICT))[
+        "condition"
+    ]["rules"][0]["metric"] == "FORCE"
+
+
+async def test_update_without_active_leaves_an_inactive_edict_inactive(api: Api) -> None:
+    await api.resources.db.execute("UPDATE edicts SET active = false WHERE id = $1", FORCE_EDICT)
+    no_active = edict_input(name="Force v2")
+    body = await api.data(UPDATE, {"id": FORCE_EDICT, "input": no_active})
+    assert body["updateEdict"]["active"] is False
+    body = await api.data(UPDATE, {"id": FORCE_EDICT, "input": edict_input(active=True)})
+    assert body["updateEdict"]["active"] is True
+    body = await api.data(UPDATE, {"id": FORCE_EDICT, "input": no_active})
+    assert body["updateEdict"]["active"] is True

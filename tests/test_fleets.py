@@ -20,7 +20,7 @@ from tests.seed_ids import (
     PICK_TASK,
     WAREHOUSE_FLEET,
 )
-from tests.support import ADMIN, Api
+from tests.support import ADMIN, Api, request_work
 
 DEVBOTS = [ALPHA, BETA]
 
@@ -81,19 +81,13 @@ async def test_fleets_filter_by_status_and_locus(api: Api) -> None:
     assert codes == ["BAD_USER_INPUT"]
 
 
-def domain_statements(statements: list[str]) -> list[str]:
-    """The application's own queries, without asyncpg's connection reset and type introspection."""
-    noise = ("pg_advisory_unlock_all", "set_config('jit'", "typeinfo_tree")
-    return [s for s in statements if not any(n in s for n in noise)]
-
-
 async def test_nested_fleet_fields_run_each_query_once_however_many_fleets(api: Api) -> None:
     await api.token(*ADMIN)
     with api.count_statements() as one:
         assert len((await api.data(FLEETS, {"limit": 1}))["fleets"]) == 1
     with api.count_statements() as every:
         assert len((await api.data(FLEETS))["fleets"]) == 4
-    one, every = domain_statements(one), domain_statements(every)
+    one, every = request_work(one), request_work(every)
     assert len(every) == len(set(every)) <= 6
     assert set(one) <= set(every)
 

@@ -143,9 +143,12 @@ def test_the_graphiql_page_carries_its_settings_as_data_that_cannot_close_its_sc
     config = json.loads(block)
     assert config["defaultQuery"] == explorer.default_query
     assert config["styleNonce"] == request.state.graphiql_style_nonce
-    assert config["styleNonce"] != json.loads(
-        explorer.html(_request()).split('id="graphiql-config">')[1].split("</script>")[0]
-    )["styleNonce"]
+    assert (
+        config["styleNonce"]
+        != json.loads(explorer.html(_request()).split('id="graphiql-config">')[1].split("</script>")[0])[
+            "styleNonce"
+        ]
+    )
 
 
 def _operations() -> list[OperationDefinitionNode]:

@@ -67,6 +67,33 @@ async def test_a_costly_nested_query_is_refused_where_its_root_alone_would_pass(
         assert error["extensions"]["cost"] == {"requestedQueryCost": 1202, "maximumAvailable": 1000}
 
 
+async def test_graphiqls_whole_document_runs_the_chosen_operation_priced_with_its_own_defaults(
+    settings: Settings,
+) -> None:
+    # GraphiQL sends every operation of its editor with each run: the others may need variables
+    # this run does not send, and their prices must not add up to the chosen one's.
+    document = """
+    query Pick($id: ID!) { robot(id: $id) { id } }
+    query Paged($n: Int = 400) { fleets(limit: $n) { id } }
+    query Big { fleets(limit: 400) { id name } }
+    """
+    async for api in running(settings, max_query_cost=600):
+        token = await api.token(*ADMIN)
+        headers = {"authorization": f"Bearer {token}"}
+        for name in ("Paged", "Big"):
+            response = await api.client.post(
+                "/graphql", json={"query": document, "operationName": name}, headers=headers
+            )
+            assert response.status_code == 200, response.json()
+            assert "errors" not in response.json()
+        # A default is priced like a sent value: 400 fleets, each with its robots, is too dear.
+        costly = "query Deep($n: Int = 400) { fleets(limit: $n) { robots { id } } }"
+        response = await api.client.post("/graphql", json={"query": costly}, headers=headers)
+        assert response.status_code == 400
+        assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        assert "cost" in response.json()["errors"][0]["message"]
+
+
 def test_a_fragment_bomb_is_measured_quickly_and_refused() -> None:
     # Each fragment spreads the next twice: 2^25 aliased fields from a document of 60 lines.
     n = 25

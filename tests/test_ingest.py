@@ -469,7 +469,7 @@ async def test_robot_event_lands_in_robot_events_and_on_the_fleet_stream(
         "Obstacle at 0.4 m",
     )
     assert row["data"] == {"distance": 0.4} and row["fleet_id"] == WAREHOUSE_FLEET
-    assert published["fleet_id"] == WAREHOUSE_FLEET and published["metrics"] == []
+    assert published["fleet_id"] == WAREHOUSE_FLEET and published["samples"] == []
     [sent] = published["events"]
     assert datetime.fromisoformat(sent.pop("timestamp")) == row["ts"]
     assert sent == {
@@ -515,12 +515,11 @@ async def test_fleet_channel_gets_one_message_per_batch(api: Api) -> None:
             async with asyncio.timeout(0.3):
                 await anext(fleet)
     assert message["real_time"] is True
-    # Coalesced to each robot's newest sample of the batch (seq 3): 2 robots, 2 metrics each.
-    assert len(message["metrics"]) == 2 * 2
-    assert {m["unit"] for m in message["metrics"]} == {"%", "C"}
-    assert sorted((m["robot_id"], m["name"], m["battery_level"]) for m in message["metrics"]) == sorted(
-        (rid, name, 87.0) for rid in (ALPHA, BETA) for name in ("CPU_USAGE", "MOTOR_TEMPERATURE")
-    )
+    # Every sample of the batch, in order per robot (robots by id): 2 robots, 3 samples each.
+    assert [(m["robot_id"], m["seq"], m["battery_level"]) for m in message["samples"]] == [
+        (rid, seq, 90.0 - seq) for rid in sorted((ALPHA, BETA)) for seq in (1, 2, 3)
+    ]
+    assert all(set(m["metrics"]) == {"CPU_USAGE", "MOTOR_TEMPERATURE"} for m in message["samples"])
     assert [e["type"] for e in message["events"]] == ["DOCKED"]
     assert sorted((r["id"], r["battery_level"]) for r in robots) == [(ALPHA, 87.0), (BETA, 87.0)]
     logged = await api.resources.db.fetch("SELECT channels FROM event_log ORDER BY id")
@@ -546,9 +545,10 @@ async def test_metrics_endpoint_counts_messages_in_prometheus_format(api: Api) -
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     lines = response.text.splitlines()
-    assert 'sepulki_ingest_messages_total{source="http",kind="telemetry",outcome="stored"} 1' in lines
-    assert 'sepulki_ingest_dead_letters_total{reason="malformed_json"} 1' in lines
-    assert "sepulki_ingest_batches_total 1" in lines
+    # prometheus-client writes labels in alphabetical order.
+    assert 'sepulki_ingest_messages_total{kind="telemetry",outcome="stored",source="http"} 1.0' in lines
+    assert 'sepulki_ingest_dead_letters_total{reason="malformed_json"} 1.0' in lines
+    assert "sepulki_ingest_batches_total 1.0" in lines
 
 
 # --- The SIGKILL story -------------------------------------------------------------------------

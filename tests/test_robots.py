@@ -9,8 +9,7 @@ import pytest
 
 from app.core.channels import channels
 from tests.seed_ids import ALPHA, BETA, DEV_FLEET, MISSING_ROBOT, WAREHOUSE_BOT_01, WAREHOUSE_BOT_02
-from tests.support import ADMIN, Api
-from tests.test_fleets import domain_statements
+from tests.support import ADMIN, Api, request_work
 
 DEV_LAB = {"latitude": 37.7849, "longitude": -122.4094, "altitude": 15.0}
 
@@ -124,7 +123,7 @@ async def test_robot_fields_run_each_query_once_however_many_robots(api: Api) ->
         assert len((await api.data(ROBOTS, {"limit": 1}))["robots"]) == 1
     with api.count_statements() as every:
         assert len((await api.data(ROBOTS))["robots"]) == 4
-    one, every = domain_statements(one), domain_statements(every)
+    one, every = request_work(one), request_work(every)
     assert len(every) == len(set(every))
     assert set(one) == set(every)
 

@@ -47,9 +47,7 @@ mutation($email: String!, $password: String!) {{
   }}
 }}
 """
-TASK_AUTHORS = (
-    "subscription($fleetId: ID) { taskUpdates(fleetId: $fleetId) { id createdBy { id name %s } } }"
-)
+TASK_AUTHORS = "subscription($fleetId: ID) { taskUpdates(fleetId: $fleetId) { id createdBy { id name %s } } }"
 
 
 def denials(body: dict[str, Any]) -> list[tuple[str, list[Any]]]:

@@ -322,7 +322,12 @@ async def test_health_stays_fast_while_one_client_floods_subscribe_messages(
 ) -> None:
     async with sepulki_serve(database_url, tmp_path) as port:
         flood = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", FLOOD, f"ws://127.0.0.1:{port}/graphql", "4", "20000",
+            sys.executable,
+            "-c",
+            FLOOD,
+            f"ws://127.0.0.1:{port}/graphql",
+            "4",
+            "20000",
             stdout=subprocess.PIPE,
         )
         finished = asyncio.create_task(flood.communicate())

@@ -7,6 +7,7 @@ class channels:  # noqa: N801 - a namespace of channel names
     ROBOT_STATUS_ALL = "robot-status:*"
     TASKS_ALL = "tasks:*"
     BREACHES = "breaches"
+    ALERTS_ALL = "alerts:*"
     COMMANDS_ALL = "commands:*"
     # Revoked sessions ({"sessionIds": [...]}): every API replica closes their websockets.
     SESSIONS_REVOKED = "sessions:revoked"
@@ -36,3 +37,25 @@ class channels:  # noqa: N801 - a namespace of channel names
     @staticmethod
     def commands(robot_id: str) -> str:
         return f"commands:{robot_id}"
+
+    @staticmethod
+    def breaches(fleet_id: str | None) -> list[str]:
+        """Where a breach goes: the all-breaches channel and its fleet's."""
+        return [channels.BREACHES, *([f"breaches:{fleet_id}"] if fleet_id else [])]
+
+    @staticmethod
+    def alerts(fleet_id: str | None) -> list[str]:
+        """Where an alert change goes: the all-alerts channel and its fleet's."""
+        return [channels.ALERTS_ALL, *([f"alerts:{fleet_id}"] if fleet_id else [])]
+
+    @staticmethod
+    def alerts_of(fleet_id: str | None) -> str:
+        return f"alerts:{fleet_id}" if fleet_id else channels.ALERTS_ALL
+
+    @staticmethod
+    def breaches_of(fleet_id: str | None) -> str:
+        return f"breaches:{fleet_id}" if fleet_id else channels.BREACHES
+
+    @staticmethod
+    def notifications(smith_id: str) -> str:
+        return f"notifications:{smith_id}"

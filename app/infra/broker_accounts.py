@@ -44,6 +44,8 @@ RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 ACCOUNT_PREFIX = "sk_robot_"
 TIMEOUT_S = 5.0
 ROBOT_TOPICS = ("telemetry", "status", "events", "commands/ack")
+
+
 def role_of(robot_id: str) -> str:
     return f"robot-{robot_id}"
 

@@ -326,6 +326,12 @@ class Events:
             return 0
         return sum(1 for s in topic.subscribers if s._sync is not _Sync.PENDING)
 
+    def lag(self) -> tuple[int, int]:
+        """How far this process's bus is behind: (messages waiting in the backlog for Redis,
+        the most events queued for one local subscriber). Read at scrape time by GET /metrics."""
+        deepest = max((len(s) for topic in self._topics.values() for s in topic.subscribers), default=0)
+        return len(self._backlog), deepest
+
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """The payloads published live on `channel` from now on (no ids, no replay, no markers):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeAlias, TypeVar, cast, overload
@@ -62,9 +63,40 @@ async def create_pool(
 
             conn.add_query_logger(notify)
 
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=init, reset=_reset_if_stateful
+    )
     assert pool is not None
     return pool
+
+
+# Pool connections lent out with `acquire_stateful`: they get asyncpg's full reset on release.
+_stateful: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+
+
+async def _reset_if_stateful(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release. asyncpg's default sends `pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL` on every release: a round trip per request for nothing, because the
+    statements run through the pool leave no session state behind. Checked in the code: there
+    is no LISTEN, no session advisory lock, no `SET` without LOCAL (`set_config` only with
+    is_local), and cursors exist only inside transactions. What does keep session state (LISTEN,
+    `SET TIME ZONE`, session advisory locks: the workers' long-lived connection in embedded mode)
+    takes its connection with `acquire_stateful` and gets the full reset. asyncpg itself still
+    rolls back an open transaction and drops the Python-side listeners before calling this."""
+    if conn in _stateful:
+        _stateful.discard(conn)
+        query = conn.get_reset_query()
+        if query:
+            await conn.execute(query)
+
+
+async def acquire_stateful(pool: Pool) -> PoolConnectionProxy:
+    """A pool connection that may keep session state (LISTEN, SET, session advisory locks):
+    reset in full when released."""
+    proxy = await pool.acquire()
+    # The pool hands its reset the connection behind the proxy (not typed by the stubs).
+    _stateful.add(cast(Any, proxy)._con)
+    return proxy
 
 
 async def migrate(dsn: str, migrations: Path = MIGRATIONS) -> None:

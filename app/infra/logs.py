@@ -2,10 +2,15 @@
 
 `RedactingFilter` sits on every handler the command line configures, uvicorn's access log
 included, so a secret that slips into a message, its arguments, a request line's query string
-or a traceback is replaced before anything is written."""
+or a traceback is replaced before anything is written.
+
+`ContextFilter` adds `request_id` (set per HTTP request by `app.web.metrics.RequestObserver`)
+and `robot_id` (set where a robot's message is handled) to every record; SEPULKI_LOG_FORMAT=json
+writes records as one JSON object per line through python-json-logger, those fields included."""
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
 import re
@@ -13,6 +18,12 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The fields of a JSON record, besides those a call adds with `extra=`.
+JSON_FIELDS = ("asctime", "levelname", "name", "message", "request_id", "robot_id")
+
+# The request (HTTP) and the robot (a message being handled) a log line belongs to.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("sepulki_request_id", default=None)
+robot_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("sepulki_robot_id", default=None)
 MASK = "***"
 
 # Keys whose values are secret, compared lower-cased without `_`/`-` (X-API-Key, new_password):
@@ -122,20 +133,49 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure(level: str | int = "INFO") -> None:
-    """Root logging for the command line, every handler behind a `RedactingFilter`."""
+class ContextFilter(logging.Filter):
+    """Adds the current `request_id` and `robot_id` (None outside a request or a message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        if not hasattr(record, "robot_id"):
+            record.robot_id = robot_id.get()
+        return True
+
+
+def json_formatter() -> logging.Formatter:
+    """One JSON object per line: time, level, logger, message, request_id, robot_id, extras."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter(
+        list(JSON_FIELDS), rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}
+    )
+
+
+def configure(level: str | int = "INFO", fmt: str = "text") -> None:
+    """Root logging for the command line, every handler behind a `RedactingFilter` and a
+    `ContextFilter`; `fmt` "json" writes JSON lines."""
     logging.basicConfig(level=level, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+        if not any(isinstance(f, ContextFilter) for f in handler.filters):
+            handler.addFilter(ContextFilter())
+        if fmt == "json":
+            handler.setFormatter(json_formatter())
 
 
-def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's own logging configuration with the filter on its handlers (access log included)."""
+def uvicorn_log_config(fmt: str = "text") -> dict[str, Any]:
+    """uvicorn's own logging configuration with the filters on its handlers (access log
+    included); `fmt` "json" formats its records like ours."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"redact": {"()": RedactingFilter}}
+    config["filters"] = {"redact": {"()": RedactingFilter}, "context": {"()": ContextFilter}}
     for handler in config["handlers"].values():
-        handler["filters"] = ["redact"]
+        handler["filters"] = ["redact", "context"]
+    if fmt == "json":
+        for name in config["formatters"]:
+            config["formatters"][name] = {"()": json_formatter}
     return config

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +34,14 @@ def broker_address(url: str) -> tuple[str, int, ssl.SSLContext | bool, str | Non
         user,
         password,
     )
+
+
+def process_client_id(base: str, role: str) -> str:
+    """A client id no other process can hold: `<base>-<role>-<pid>-<random>`. Two connections
+    with one id make the broker drop the older one, so clients that keep no session (the command
+    publisher of every api and worker replica) never share one; the ingest, whose session must
+    survive restarts, keeps its stable SEPULKI_MQTT_CLIENT_ID instead."""
+    return f"{base}-{role}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def version_of(protocol: int) -> int:

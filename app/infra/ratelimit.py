@@ -11,6 +11,7 @@ lock counted in memory during an outage keeps holding after it until its window 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import logging
 import time
@@ -38,6 +39,45 @@ REDIS_TIMEOUT_S = 1.0
 StorageState = Literal["ok", "down"]
 # What one limiter call does with a strategy: answers the seconds to wait, or None.
 _Op = Callable[[MovingWindowRateLimiter, RateLimitItem, str, str], Awaitable[float | None]]
+
+
+class _MemoryStorage(MemoryStorage):
+    """limits' in-process storage with its expiry sweep run at most once a second, in the loop.
+
+    Upstream starts a sweep task on every hit whose previous sweep finished, and that sweep
+    sends each key's bisect to a worker thread (`asyncio.to_thread`): with one request in
+    flight at a time that is a task and a thread hop per request. The sweep only frees memory
+    (a hit decides by the entries' own times), so once a second is enough, and a bisect over
+    one key's entries is microseconds: it runs inline, between two awaits, so no other
+    coroutine sees a half-swept list."""
+
+    SWEEP_EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next_sweep = 0.0
+
+    async def _MemoryStorage__schedule_expiry(self) -> None:  # the hook upstream calls per hit
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_EVERY_S
+            self._sweep()
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for key, events in list(self.events.items()):
+            # Newest first: the entries still in their window are a prefix.
+            kept = events[: bisect.bisect_left(events, -now, key=lambda event: -event.expiry)]
+            if kept:
+                self.events[key] = kept
+            else:
+                self.events.pop(key, None)
+                self.locks.pop(key, None)
+        for key, expiry in list(self.expirations.items()):
+            if expiry <= now:
+                self.storage.pop(key, None)
+                self.expirations.pop(key, None)
+                self.locks.pop(key, None)
 
 
 def storage_url(settings: Settings) -> str:
@@ -112,7 +152,7 @@ class RateLimiter:
             self._storage = storage
             self._shared = MovingWindowRateLimiter(storage)
         # Memory: the only storage, or the fallback of the shared one at half the limits.
-        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._local = MovingWindowRateLimiter(_MemoryStorage())
         self._local_rules = {
             name: _halved(item) if item is not None and self._shared is not None else item
             for name, item in self._rules.items()

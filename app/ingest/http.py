@@ -215,9 +215,7 @@ async def _ingest(
     return _answer(status, {"robotId": robot_id, **counts, "results": results})
 
 
-def routes(
-    resources: Callable[[], Resources | None], pipeline: Callable[[], Pipeline | None]
-) -> list[Route]:
+def routes(resources: Callable[[], Resources | None], pipeline: Callable[[], Pipeline | None]) -> list[Route]:
     """The HTTP ingest routes of the API, reading the process's resources and pipeline per request."""
 
     async def ingest_one(request: Request) -> JSONResponse:

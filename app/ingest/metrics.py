@@ -1,27 +1,16 @@
-"""Ingest counters, and their rendering in the Prometheus text exposition format (GET /metrics).
+"""Ingest counters, exported as Prometheus families at scrape time (GET /metrics).
 
-Plain integers updated on the event loop (no locks needed); one `IngestMetrics` per pipeline.
+Plain integers updated on the event loop (no locks, no library call per message); one
+`IngestMetrics` per pipeline. `families()` turns them into prometheus-client metrics when scraped
+(`app.infra.metrics.Metrics.collect_with`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
-
-log = logging.getLogger("sepulki.ingest.metrics")
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
 class IngestMetrics:
@@ -52,142 +41,59 @@ class IngestMetrics:
     def total(self, outcome: str | None = None) -> int:
         return sum(n for (_, _, o), n in self.messages.items() if outcome is None or o == outcome)
 
-    def render(self) -> str:
-        lines: list[str] = []
-
-        def family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], Any]]) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-                lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
-
-        family(
-            "sepulki_ingest_messages_total",
-            "counter",
+    def families(self) -> list[Metric]:
+        """The counters as Prometheus families, read at scrape time (`Metrics.collect_with`)."""
+        messages = CounterMetricFamily(
+            "sepulki_ingest_messages",
             "Robot messages by source, kind and outcome (stored, duplicate, rejected).",
-            [({"source": s, "kind": k, "outcome": o}, n) for (s, k, o), n in sorted(self.messages.items())],
+            labels=["source", "kind", "outcome"],
         )
-        family(
-            "sepulki_ingest_dead_letters_total",
-            "counter",
-            "Messages written to dead_letters, by reason.",
-            [({"reason": r}, n) for r, n in sorted(self.rejected.items())],
+        for (source, kind, outcome), n in sorted(self.messages.items()):
+            messages.add_metric([source, kind, outcome], n)
+        letters = CounterMetricFamily(
+            "sepulki_ingest_dead_letters", "Messages written to dead_letters, by reason.", labels=["reason"]
         )
-        family("sepulki_ingest_batches_total", "counter", "Committed batches.", [({}, self.batches)])
-        family(
-            "sepulki_ingest_batch_items_total",
-            "counter",
-            "Messages in committed batches.",
-            [({}, self.batch_items)],
-        )
-        family(
-            "sepulki_ingest_batch_seconds_total",
-            "counter",
-            "Time spent writing and committing batches.",
-            [({}, round(self.batch_seconds, 6))],
-        )
-        family(
-            "sepulki_ingest_batch_retries_total",
-            "counter",
-            "Batch transactions retried after a transient database error.",
-            [({}, self.batch_retries)],
-        )
-        family(
-            "sepulki_ingest_batch_failures_total",
-            "counter",
-            "Batches given up on (messages left unacknowledged, the broker redelivers them).",
-            [({}, self.batch_failures)],
-        )
-        family(
-            "sepulki_ingest_events_published_total",
-            "counter",
-            "Events published after commit (bellows, robot status, command updates).",
-            [({}, self.events_published)],
-        )
-        family(
-            "sepulki_ingest_publish_failures_total",
-            "counter",
-            "Publishes that failed after commit (subscribers catch up from the event log).",
-            [({}, self.publish_failures)],
-        )
-        family(
-            "sepulki_ingest_robot_cache_refreshes_total",
-            "counter",
-            "Reloads of the known-robot cache.",
-            [({}, self.robot_cache_refreshes)],
-        )
-        family(
-            "sepulki_ingest_mqtt_connects_total",
-            "counter",
-            "MQTT (re)connections.",
-            [({}, self.mqtt_connects)],
-        )
-        family(
-            "sepulki_ingest_mqtt_disconnects_total",
-            "counter",
-            "MQTT disconnections.",
-            [({}, self.mqtt_disconnects)],
-        )
+        for reason, n in sorted(self.rejected.items()):
+            letters.add_metric([reason], n)
+        families: list[Metric] = [messages, letters]
+        for name, help_text, value in (
+            ("batches", "Committed batches.", self.batches),
+            ("batch_items", "Messages in committed batches.", self.batch_items),
+            ("batch_seconds", "Time spent writing and committing batches.", round(self.batch_seconds, 6)),
+            (
+                "batch_retries",
+                "Batch transactions retried after a transient database error.",
+                self.batch_retries,
+            ),
+            (
+                "batch_failures",
+                "Batches given up on (messages left unacknowledged, the broker redelivers them).",
+                self.batch_failures,
+            ),
+            (
+                "events_published",
+                "Events published after commit (bellows, robot status, command updates).",
+                self.events_published,
+            ),
+            (
+                "publish_failures",
+                "Publishes that failed after commit (subscribers catch up from the event log).",
+                self.publish_failures,
+            ),
+            ("robot_cache_refreshes", "Reloads of the known-robot cache.", self.robot_cache_refreshes),
+            ("mqtt_connects", "MQTT (re)connections.", self.mqtt_connects),
+            ("mqtt_disconnects", "MQTT disconnections.", self.mqtt_disconnects),
+            (
+                "mqtt_read_pauses",
+                "Times the MQTT socket stopped being read: messages in flight reached the window.",
+                self.mqtt_read_pauses,
+            ),
+        ):
+            families.append(CounterMetricFamily(f"sepulki_ingest_{name}", help_text, value=value))
         for name, read in sorted(self.gauges.items()):
-            family(
-                f"sepulki_ingest_{name}", "gauge", name.replace("_", " ").capitalize() + ".", [({}, read())]
+            families.append(
+                GaugeMetricFamily(
+                    f"sepulki_ingest_{name}", name.replace("_", " ").capitalize() + ".", value=read()
+                )
             )
-        return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def metrics_endpoint(current: Callable[[], IngestMetrics | None]) -> Callable[[Request], Any]:
-    """GET /metrics of the API process: the counters of its pipeline (HTTP ingest, and MQTT
-    ingest when it runs in the API)."""
-
-    async def endpoint(_request: Request) -> Response:
-        metrics = current()
-        body = metrics.render() if metrics is not None else ""
-        return PlainTextResponse(body, media_type=CONTENT_TYPE)
-
-    return endpoint
-
-
-class _WorkerServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the ingest worker owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving_metrics(metrics: IngestMetrics, host: str, port: int) -> AsyncIterator[None]:
-    """GET /metrics (and /health) of a standalone `sepulki ingest` on host:port, while inside.
-
-    A port already taken is logged and skipped: the worker's job is storing messages, not this."""
-    if port <= 0:
-        yield
-        return
-    try:
-        sock = socket.create_server((host, port), reuse_port=False)
-    except OSError as exc:
-        log.warning("ingest metrics not served on %s:%s: %s", host, port, exc)
-        yield
-        return
-
-    async def render(_request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
-
-    async def health(_request: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    app = Starlette(routes=[Route("/metrics", render), Route("/health", health)])
-    server = _WorkerServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="ingest-metrics")
-    log.info("ingest metrics at http://%s:%s/metrics", host, port)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+        return families

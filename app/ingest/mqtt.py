@@ -50,8 +50,10 @@ class StaleDelivery(RuntimeError):
     where the broker delivers the message again (with the same packet id, or a reused one)."""
 
 
-def topic_filters(protocol: int, share_group: str = SHARE_GROUP) -> list[str]:
-    if protocol >= 5:
+def topic_filters(protocol: int, share_group: str = SHARE_GROUP, *, shared: bool = True) -> list[str]:
+    """`$share/<group>/...` splits the robots' topics between the workers of a group (MQTT 5);
+    plain topics (`shared=False`, or MQTT 3.1.1) give this worker every message."""
+    if protocol >= 5 and shared:
         return [f"$share/{share_group}/{topic}" for topic in SHARED_TOPICS] + [STATUS_TOPIC]
     return [*SHARED_TOPICS, STATUS_TOPIC]
 
@@ -74,7 +76,12 @@ class MqttIngest:
         self._url = settings.mqtt_url
         self._protocol = settings.mqtt_protocol
         self._pipeline = pipeline
-        self._filters = topic_filters(settings.mqtt_protocol, share_group)
+        # Exclusive: a plain persistent subscription, which Mosquitto 2.0 restores from its
+        # persistence file after a restart (it does not write shared ones there): robots that
+        # reconnect before the worker lose nothing (docs/ingest.md, "Broker restarts").
+        self._filters = topic_filters(
+            settings.mqtt_protocol, share_group, shared=settings.mqtt_subscription == "shared"
+        )
         # Messages in flight (received, not yet acknowledged): several batches' worth keeps the
         # writer busy and bounds what this process holds. Announced as Receive Maximum, and
         # enforced by `_flow` since Mosquitto 2.0 does not keep to it.
@@ -106,6 +113,11 @@ class MqttIngest:
         self._paused = False
         self._idle = asyncio.Event()
         self._connecting: asyncio.Task[None] | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        """Connected and subscribed: messages flow to this worker."""
+        return bool(self.client.is_connected) and self.subscribed.is_set()
 
     async def __aenter__(self) -> MqttIngest:
         await self.start()

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,11 +36,13 @@ from app.ingest.messages import (
     INVALID_TOPIC,
     KINDS,
     STORAGE_ERROR,
+    STORED,
     UNKNOWN_ROBOT,
     CommandAck,
     Outcome,
     RawMessage,
     Rejected,
+    Sample,
     canonical_id,
     validate,
 )
@@ -113,6 +116,7 @@ class Pipeline:
         metrics: IngestMetrics | None = None,
         apply_acks: ApplyAcks = commands.apply_acks,
         max_pending_batches: int = 10,
+        after_commit: Callable[[list[Sample]], None] | None = None,
     ) -> None:
         self._pool = pool
         self._events = events
@@ -121,6 +125,9 @@ class Pipeline:
         self._max_bytes = settings.ingest_max_payload_bytes
         self._max_pending = self._batch_size * max_pending_batches
         self._apply_acks = apply_acks
+        # Receives each committed batch's newly stored samples (the rule evaluator,
+        # app.ingest.rules); it only queues them, so the writer never waits for it.
+        self._after_commit = after_commit
         self.metrics = metrics or IngestMetrics()
         self.robots = RobotCache(pool, self.metrics)
         self._queue: deque[_Ticket] = deque()
@@ -256,6 +263,9 @@ class Pipeline:
             for ticket in tickets:
                 if not ticket.future.done():  # a caller that gave up (HTTP client gone) still got stored
                     ticket.future.set_result([e.outcome for e in ticket.entries])  # type: ignore[misc]
+            if self._after_commit is not None:
+                stored = [e.item for t in tickets for e in t.entries if e.outcome is STORED]
+                self._after_commit([item for item in stored if type(item) is Sample])
             if written.publications or written.command_changes:
                 await self._outbox.put(written)
 

@@ -20,16 +20,15 @@ already stored with a `ts` within `DEDUP_WINDOW` of its own is a duplicate too (
 stamped anew): one probe of the primary key per sample, in the same statement. It sees committed
 rows only: two copies committed at the same instant by different workers could both be stored.
 
-The fleet's bellows event is coalesced to the latest sample of each robot in the batch: one entry
-per metric of that robot's newest telemetry sample (by ts, then seq; status messages and samples
-without metrics do not count), plus all robot events. Robots send at 10 Hz and a batch closes 25 ms
-after its first message, so in normal operation a batch holds at most one sample per robot and
-nothing is left out; under overload (batches of up to 1,000) the intermediate samples are shed
-from the live event only, every sample is still stored in `telemetry`. If that newest sample turns
-out to be a redelivery (already stored, so not new), the robot has no entry in this batch's event:
-what it carried was published when it was first stored (or superseded by a newer sample then).
-Parsing and logging every sample's entries (~300 KB of JSON per batch of 1,000) was the largest
-part of the statement (~12 of ~30 ms, `bench/RESULTS.md`).
+The fleet's bellows event carries every new telemetry sample of the batch (status messages and
+samples without metrics have nothing to show), in (robot, ts, seq) order, plus all robot events:
+a dashboard sees what storage has, however fast a robot sends. Each sample is one compact entry
+(`samples`: robot, seq, timestamp, battery, health, pose and its metrics as one object) that the
+API expands into one TelemetryMetric per metric (resolvers/bellows.py); one entry per metric,
+rendered for every sample, was ~300 KB of JSON per batch of 1,000 and the largest part of the
+statement (~12 of ~30 ms, `bench/RESULTS.md`), which is why an earlier version kept only each
+robot's newest sample. A redelivered sample (already stored, so not new) has no entry: it was
+published when it was first stored.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from typing import Any
 
 import orjson
 
-from app.bellows import UNITS
 from app.core.channels import channels
 from app.infra.db import Connection, Pool
 from app.ingest.messages import (
@@ -66,8 +64,9 @@ DEDUP_WINDOW = timedelta(hours=24)
 
 # $1-$8 samples (telemetry, and status messages stored as samples carrying only the status: they
 # share the idempotency key, so a retained status delivered again is a duplicate and does not
-# overwrite newer state), $22 their bellows entries (only each robot's newest sample has any);
-# $9-$15 robot events; $16-$21 dead letters (+ $27-$28); $23-$25 channel names; $26 the dedup window.
+# overwrite newer state), $22 their bellows entries ('' for those without metrics);
+# $9-$15 robot events; $16-$21 dead letters (+ $27-$28); $23-$25 channel names; $26 the dedup window;
+# $29 each sample's source (mqtt, http).
 #
 # Robot rows: lastSeen moves to the newest new message (never back, never past now()); battery,
 # health and pose come from the newest new telemetry sample (a field it leaves out keeps its value)
@@ -77,12 +76,13 @@ DEDUP_WINDOW = timedelta(hours=24)
 WRITE_BATCH = """
 WITH s AS (
   SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::float8[],
-                       $6::float8[], $7::text[], $8::text[], $22::text[])
-         AS s(robot_id, seq, ts, status, battery_level, health_score, pose, metrics, bellows)
+                       $6::float8[], $7::text[], $8::text[], $22::text[], $29::text[])
+         AS s(robot_id, seq, ts, status, battery_level, health_score, pose, metrics, bellows, source)
 ), ins AS (
-  INSERT INTO telemetry (robot_id, fleet_id, seq, ts, status, battery_level, health_score, pose, metrics)
+  INSERT INTO telemetry (robot_id, fleet_id, seq, ts, status, battery_level, health_score, pose, metrics,
+                         is_status)
   SELECT s.robot_id::uuid, r.fleet_id, s.seq, s.ts, coalesce(s.status::robot_status, r.status),
-         s.battery_level, s.health_score, s.pose::jsonb, s.metrics::jsonb
+         s.battery_level, s.health_score, s.pose::jsonb, s.metrics::jsonb, s.status IS NOT NULL
   FROM s JOIN robots r ON r.id = s.robot_id::uuid
   WHERE NOT EXISTS (
     SELECT FROM telemetry t
@@ -92,8 +92,17 @@ WITH s AS (
   ON CONFLICT DO NOTHING
   RETURNING robot_id, fleet_id, seq, ts, battery_level, health_score, pose, metrics
 ), new AS (
-  SELECT i.*, s.status AS reported_status, s.bellows
+  SELECT i.*, s.status AS reported_status, s.bellows, s.source
   FROM ins i JOIN s ON s.robot_id::uuid = i.robot_id AND s.seq = i.seq AND s.ts = i.ts
+), pending AS (
+  -- The samples' minutes are marked for the rollup worker, committed with the samples. DO UPDATE
+  -- ... WHERE false writes nothing but locks an existing mark until this commits, and the worker
+  -- skips locked marks: it never consumes a mark before the rows behind it are visible
+  -- (migrations/20261202_51_telemetry_rollups.sql). Sorted, so writers lock marks in one order.
+  INSERT INTO telemetry_rollup_pending (robot_id, bucket)
+  SELECT DISTINCT robot_id, date_trunc('minute', ts, 'UTC') FROM new WHERE reported_status IS NULL
+  ORDER BY 1, 2
+  ON CONFLICT (robot_id, bucket) DO UPDATE SET robot_id = excluded.robot_id WHERE false
 ), e AS (
   SELECT * FROM unnest($9::text[], $10::bigint[], $11::timestamptz[], $12::text[], $13::text[],
                        $14::text[], $15::text[])
@@ -102,7 +111,14 @@ WITH s AS (
   INSERT INTO robot_events (robot_id, fleet_id, seq, ts, type, severity, message, data)
   SELECT e.robot_id::uuid, r.fleet_id, e.seq, e.ts, e.type, e.severity, e.message, e.data::jsonb
   FROM e JOIN robots r ON r.id = e.robot_id::uuid
-  ON CONFLICT (robot_id, seq) DO NOTHING
+  -- Like samples: robot_events is partitioned by ts, so its unique key is (robot_id, seq, ts) and
+  -- a copy stamped anew is caught by the dedup window.
+  WHERE NOT EXISTS (
+    SELECT FROM robot_events x
+    WHERE x.robot_id = e.robot_id::uuid AND x.seq = e.seq
+      AND x.ts BETWEEN e.ts - $26::interval AND e.ts + $26::interval
+  )
+  ON CONFLICT DO NOTHING
   RETURNING id, robot_id, fleet_id, seq, ts, type, severity, message, data
 ), dead AS (
   INSERT INTO dead_letters (source, topic, robot_id, reason, detail, payload, payload_size, payload_sha256)
@@ -118,9 +134,12 @@ WITH s AS (
   FROM new WHERE reported_status IS NULL
   ORDER BY robot_id, ts DESC
 ), latest_status AS (
-  SELECT DISTINCT ON (robot_id) robot_id, reported_status
+  SELECT DISTINCT ON (robot_id) robot_id, reported_status, source
   FROM new WHERE reported_status IS NOT NULL
   ORDER BY robot_id, ts DESC
+), cause AS (
+  -- The robots' status history (trigger on robots) records these changes as the robot's report.
+  SELECT set_config('sepulki.status_cause', 'REPORTED', true) AS cause
 ), locked AS (
   -- Rows locked in id order: workers whose batches share robots then never deadlock.
   SELECT r.id FROM robots r WHERE r.id IN (SELECT robot_id FROM seen) ORDER BY r.id FOR NO KEY UPDATE
@@ -133,15 +152,22 @@ WITH s AS (
                         THEN coalesce(l.health_score, r.health_score) ELSE r.health_score END,
     last_pose = CASE WHEN l.sample_ts >= coalesce(r.last_seen, '-infinity')
                      THEN coalesce(l.pose, r.last_pose) ELSE r.last_pose END,
-    status = coalesce(ls.reported_status::robot_status, r.status)
-  FROM locked k JOIN seen x ON x.robot_id = k.id
+    status = coalesce(ls.reported_status::robot_status, r.status),
+    -- MQTT connectivity (docs/mqtt-contract.md): a status over MQTT says connected unless it is
+    -- OFFLINE (the Will, or a clean power-down); HTTP messages leave it as it is.
+    mqtt_connected = CASE WHEN ls.source = 'mqtt' THEN ls.reported_status <> 'OFFLINE'
+                          ELSE r.mqtt_connected END,
+    mqtt_changed_at = CASE WHEN ls.source = 'mqtt'
+                            AND (ls.reported_status <> 'OFFLINE') IS DISTINCT FROM r.mqtt_connected
+                           THEN now() ELSE r.mqtt_changed_at END
+  FROM locked k JOIN seen x ON x.robot_id = k.id CROSS JOIN cause
        LEFT JOIN latest l USING (robot_id) LEFT JOIN latest_status ls USING (robot_id)
   WHERE r.id = k.id
   RETURNING r.*
 ), fleet_metrics AS (
-  -- Bellows entries come rendered from Python for each robot's newest sample of the batch (the
-  -- others carry ''); only new samples' are kept.
-  SELECT fleet_id, ('[' || string_agg(bellows, ',') || ']')::jsonb AS items
+  -- Bellows entries come rendered from Python, one per sample with metrics (the others carry
+  -- ''); only new samples' are kept, in each robot's order.
+  SELECT fleet_id, ('[' || string_agg(bellows, ',' ORDER BY robot_id, ts, seq) || ']')::jsonb AS items
   FROM new WHERE bellows <> ''
   GROUP BY fleet_id
 ), fleet_events AS (
@@ -152,7 +178,7 @@ WITH s AS (
   FROM ins_e GROUP BY fleet_id
 ), outbox AS (
   SELECT 1 AS kind, f.fleet_id::text AS key, ARRAY[$23 || f.fleet_id] AS channels,
-         jsonb_build_object('fleet_id', f.fleet_id, 'metrics', coalesce(m.items, '[]'),
+         jsonb_build_object('fleet_id', f.fleet_id, 'samples', coalesce(m.items, '[]'),
                             'events', coalesce(ev.items, '[]'), 'real_time', true) AS payload
   FROM (SELECT fleet_id FROM fleet_metrics UNION SELECT fleet_id FROM fleet_events) AS f
   LEFT JOIN fleet_metrics m USING (fleet_id) LEFT JOIN fleet_events ev USING (fleet_id)
@@ -222,26 +248,20 @@ def _dumps(value: Any) -> str:
 
 
 def _bellows(sample: Sample) -> str:
-    """The sample's entries of the fleet's bellows event (one per metric), as comma-separated JSON
-    objects; rendered here with orjson, which costs far less than building them in SQL."""
+    """The sample's entry in the fleet's bellows event, as JSON; rendered here with orjson, which
+    costs far less than building it in SQL. '' for a sample with nothing to show."""
     if sample.status is not None or not sample.metrics:
         return ""
-    ts, robot_id, pose = sample.ts, sample.robot_id, sample.pose
-    battery, health = sample.battery_level, sample.health_score
-    entries = [
-        {
-            "name": name,
-            "value": value,
-            "unit": UNITS.get(name),
-            "timestamp": ts,
-            "robot_id": robot_id,
-            "battery_level": battery,
-            "health_score": health,
-            "pose": pose,
-        }
-        for name, value in sample.metrics.items()
-    ]
-    return orjson.dumps(entries)[1:-1].decode()
+    entry = {
+        "robot_id": sample.robot_id,
+        "seq": sample.seq,
+        "timestamp": sample.ts,
+        "battery_level": sample.battery_level,
+        "health_score": sample.health_score,
+        "pose": sample.pose,
+        "metrics": sample.metrics,
+    }
+    return orjson.dumps(entry).decode()
 
 
 async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyAcks) -> Written:
@@ -281,13 +301,6 @@ async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyA
     s: list[Sample] = [e.item for e in samples]  # type: ignore[misc]
     ev: list[RobotEvent] = [e.item for e in events]  # type: ignore[misc]
     bad: list[Rejected] = [e.item for e in rejected]  # type: ignore[misc]
-    # Bellows entries only for each robot's newest sample with metrics (see the module docstring).
-    newest: dict[str, Sample] = {}
-    for x in s:
-        if x.status is None and x.metrics:
-            current = newest.get(x.robot_id)
-            if current is None or (x.ts, x.seq) >= (current.ts, current.seq):
-                newest[x.robot_id] = x
     rows = await conn.fetch(
         WRITE_BATCH,
         [x.robot_id for x in s],
@@ -311,13 +324,14 @@ async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyA
         [r.reason for r in bad],
         [r.detail for r in bad],
         [e.raw.payload[:DEAD_LETTER_PREFIX_BYTES] for e in rejected],
-        [_bellows(x) if newest.get(x.robot_id) is x else "" for x in s],
+        [_bellows(x) for x in s],
         channels.bellows(""),
         channels.robot_status(""),
         channels.ROBOT_STATUS_ALL,
         DEDUP_WINDOW,
         [len(e.raw.payload) for e in rejected],
         [hashlib.sha256(e.raw.payload).digest() for e in rejected],
+        [e.raw.source for e in samples],
     )
     # Rows come back only for events to publish and for messages that were not new (usually none).
     for entry in samples:
@@ -339,9 +353,7 @@ async def write_batch(conn: Connection, entries: list[Entry], apply_acks: ApplyA
     return Written(publications, command_changes)
 
 
-async def _apply_acks(
-    conn: Connection, entries: list[Entry], apply_acks: ApplyAcks
-) -> list[dict[str, Any]]:
+async def _apply_acks(conn: Connection, entries: list[Entry], apply_acks: ApplyAcks) -> list[dict[str, Any]]:
     acks: list[CommandAck] = [e.item for e in entries]  # type: ignore[misc]
     changes = await apply_acks(
         conn,

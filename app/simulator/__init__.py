@@ -63,6 +63,9 @@ async def simulated_robots(resources: Resources) -> AsyncIterator[Simulator | No
         time_scale=DEV_TIME_SCALE,
         # Stopping dev is not the robots powering down: each resumes from its row next start.
         offline_on_exit=False,
+        task_duration_s=settings.simulate_task_duration_s,
+        task_failure_rate=settings.simulate_task_failure_rate,
+        update_failure_rate=settings.simulate_update_failure_rate,
     )
     async with Simulator(robots, config) as simulator:
         yield simulator

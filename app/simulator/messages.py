@@ -77,8 +77,23 @@ class Outcome:
     event: tuple[str, str, str, dict[str, Any]] | None = None
 
 
+# The steps a simulated robot reports while running a DISPATCH_TASK, and why one may fail.
+TASK_STEPS = ("travelling to the work area", "working", "verifying the result", "returning")
+TASK_FAILURES = ("gripper lost the part", "path blocked by an obstacle", "sensor reading out of range")
+
 # The command types a simulated robot understands; any other type is acknowledged FAILED.
-COMMAND_TYPES = ("EMERGENCY_STOP", "DISPATCH_TASK", "RESUME", "PAUSE", "RETURN_TO_DOCK", "PING")
+COMMAND_TYPES = (
+    "EMERGENCY_STOP",
+    "DISPATCH_TASK",
+    "CANCEL_TASK",
+    "RESUME",
+    "PAUSE",
+    "RETURN_TO_DOCK",
+    "PING",
+    "UPDATE_INGOT",
+    "UPDATE_FIRMWARE",
+    "CALIBRATE",
+)
 
 
 def execute(state: RobotState, kind: str, params: dict[str, Any]) -> Outcome:
@@ -86,6 +101,13 @@ def execute(state: RobotState, kind: str, params: dict[str, Any]) -> Outcome:
     before = state.status
     if kind not in COMMAND_TYPES:
         return Outcome("FAILED", f"unknown command type {kind!r}")
+    if kind == "UPDATE_INGOT":
+        return update_ingot(state, params, failed=False)
+    # Firmware and calibration are serviced in any status, a halted robot included.
+    if kind == "UPDATE_FIRMWARE":
+        return update_firmware(state, params)
+    if kind == "CALIBRATE":
+        return calibrate(state, params)
     if kind == "EMERGENCY_STOP":
         _halt(state, "MAINTENANCE")
         return Outcome(
@@ -96,6 +118,8 @@ def execute(state: RobotState, kind: str, params: dict[str, Any]) -> Outcome:
         )
     if kind == "PING":
         return Outcome("SUCCEEDED", f"pong: {state.status}, battery {state.battery:.1f}%")
+    if kind == "CANCEL_TASK":  # the runner stops the task's execution; a halted robot may drop one too
+        return Outcome("SUCCEEDED", f"task {params.get('taskId')} dropped")
     if kind == "RESUME":
         if before not in physics.HALTED:
             return Outcome("SUCCEEDED", f"already {before}")
@@ -116,6 +140,44 @@ def execute(state: RobotState, kind: str, params: dict[str, Any]) -> Outcome:
         return Outcome("SUCCEEDED", "paused: IDLE", before != "IDLE")
     _halt(state, "CHARGING")  # RETURN_TO_DOCK
     return Outcome("SUCCEEDED", "docked: CHARGING", before != "CHARGING")
+
+
+def update_ingot(state: RobotState, params: dict[str, Any], *, failed: bool) -> Outcome:
+    """Installs the build `params.version` (docs/mqtt-contract.md): the SUCCEEDED ack's detail is
+    the version now running; a failed install keeps the old one."""
+    version = params.get("version")
+    if not isinstance(version, str) or not version:
+        return Outcome("FAILED", "UPDATE_INGOT needs params.version")
+    if failed:
+        return Outcome("FAILED", f"installing {version} failed: artifact checksum mismatch")
+    state.ingot_version = version
+    return Outcome("SUCCEEDED", version)
+
+
+def update_firmware(state: RobotState, params: dict[str, Any]) -> Outcome:
+    """Installs `params.version` and reports it with a FIRMWARE_UPDATED event
+    (docs/mqtt-contract.md), which is what moves the robot's firmwareVersion."""
+    version = params.get("version")
+    if not isinstance(version, str) or not version:
+        return Outcome("FAILED", "UPDATE_FIRMWARE needs params.version")
+    previous, state.firmware_version = state.firmware_version, version
+    data = {"version": version, "previousVersion": previous}
+    return Outcome(
+        "SUCCEEDED",
+        f"firmware {version} installed",
+        False,
+        ("FIRMWARE_UPDATED", "INFO", f"Firmware {version}", data),
+    )
+
+
+def calibrate(state: RobotState, params: dict[str, Any]) -> Outcome:
+    """Applies `params.parameters` and reports them with a CALIBRATED event."""
+    parameters = params.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        return Outcome("FAILED", "CALIBRATE needs params.parameters, a JSON object")
+    state.calibration = dict(parameters)
+    event = ("CALIBRATED", "INFO", f"Calibrated {len(parameters)} parameters", {"parameters": parameters})
+    return Outcome("SUCCEEDED", "calibration applied", False, event)
 
 
 def _halt(state: RobotState, status: str) -> None:

@@ -54,6 +54,9 @@ class RobotState:
     waypoint: tuple[float, float] | None = None
     dwell_left_s: float = 0.0  # seconds left standing at a waypoint (picking, placing)
     task_id: str | None = None
+    ingot_version: str | None = None  # the build UPDATE_INGOT last installed
+    firmware_version: str | None = None  # what UPDATE_FIRMWARE last installed
+    calibration: dict[str, Any] | None = None  # what CALIBRATE last applied
 
 
 def clamp(value: float, low: float, high: float) -> float:

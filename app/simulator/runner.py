@@ -46,6 +46,10 @@ class SimConfig:
     time_scale: float = 60.0  # simulated seconds per real second, for battery and status
     bad_rate: float = 0.0  # share of telemetry messages replaced by bad ones
     ack_delay_s: float = 0.1  # between RECEIVED and SUCCEEDED/FAILED
+    # DISPATCH_TASK: how long a task takes (real seconds, +-20 %) and the share that fail with a reason.
+    task_duration_s: float = 60.0
+    task_failure_rate: float = 0.1
+    update_failure_rate: float = 0.0  # share of UPDATE_INGOT commands acknowledged FAILED
     # A clean stop publishes OFFLINE (a robot powering down); False leaves the last status (dev restarts).
     offline_on_exit: bool = True
     seed: int | None = None
@@ -118,6 +122,7 @@ class SimulatedRobot:
         self.event_seq = boot_ms
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_run: asyncio.Task[None] | None = None  # the DISPATCH_TASK being executed
         self.client = gmqtt.Client(robot.id, clean_session=True, will_message=self._will(), logger=mqtt_log)
         username, password = config.credentials.get(robot.id, (robot.id, None))
         self.client.set_auth_credentials(username, password)
@@ -269,6 +274,10 @@ class SimulatedRobot:
         params = command.get("params") if isinstance(command.get("params"), dict) else {}
         if _expired(command.get("expiresAt")):
             outcome = messages.Outcome("FAILED", "expired before it could run")
+        elif kind == "UPDATE_INGOT":
+            # Installs occasionally fail (SimConfig.update_failure_rate), as real ones do.
+            failed = self.rng.random() < self.config.update_failure_rate
+            outcome = messages.update_ingot(self.state, params or {}, failed=failed)
         else:
             outcome = messages.execute(self.state, kind, params or {})
         if outcome.status_changed:
@@ -278,6 +287,38 @@ class SimulatedRobot:
         ack = messages.ack(command_id, outcome.state, outcome.detail)
         self._remember(command_id, ack)
         await self._ack(ack)
+        if kind in ("DISPATCH_TASK", "CANCEL_TASK", "EMERGENCY_STOP") and self._task_run is not None:
+            self._task_run.cancel()  # a new task replaces the one running; a cancel or a stop ends it
+            self._task_run = None
+        if kind == "DISPATCH_TASK" and outcome.state == "SUCCEEDED":
+            self._task_run = asyncio.ensure_future(self._run_task(params or {}))
+            self._tasks.add(self._task_run)
+            self._task_run.add_done_callback(self._done)
+
+    async def _run_task(self, params: dict[str, Any]) -> None:
+        """Works through the task's steps, reporting TASK_PROGRESS on robots/{id}/events, then
+        TASK_COMPLETED, or TASK_FAILED with a reason for `task_failure_rate` of the tasks."""
+        ids = {"taskId": params.get("taskId"), "runId": params.get("runId")}
+        duration = self.config.task_duration_s * self.rng.uniform(0.8, 1.2)
+        steps = messages.TASK_STEPS
+        fails = self.rng.random() < self.config.task_failure_rate
+        fail_at = self.rng.randrange(len(steps)) if fails else None
+        for i, step in enumerate(steps):
+            percent = round(100 * i / len(steps))
+            await self.send_event("TASK_PROGRESS", "INFO", step, {**ids, "percent": percent, "step": step})
+            await asyncio.sleep(duration / len(steps))
+            if i == fail_at:
+                reason = self.rng.choice(messages.TASK_FAILURES)
+                await self.send_event("TASK_FAILED", "WARNING", reason, {**ids, "reason": reason})
+                break
+        else:
+            metrics = {"duration": round(duration), "errors": 0, "warnings": 0,
+                       "accuracy": round(self.rng.uniform(0.9, 1.0), 3)}  # fmt: skip
+            await self.send_event("TASK_COMPLETED", "INFO", "Task complete", {**ids, "metrics": metrics})
+        self._task_run = None
+        if self.state.status == "WORKING":
+            self.state.status, self.state.speed, self.state.waypoint = "IDLE", 0.0, None
+            await self.send_status()
 
     async def close(self, *, offline: bool) -> None:
         for task in list(self._tasks):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from ariadne.exceptions import HttpError
 from ariadne.explorer import ExplorerGraphiQL, ExplorerHttp405
 from ariadne.explorer.explorer import Explorer as BaseExplorer
 from ariadne.graphql import graphql
-from ariadne.types import GraphQLResult
+from ariadne.types import Extension, GraphQLResult
 from graphql import (
     DocumentNode,
     GraphQLError,
@@ -92,6 +93,7 @@ _SILENT_ARIADNE_LOGGER = logging.getLogger("sepulki.graphql.ariadne")
 _SILENT_ARIADNE_LOGGER.addHandler(logging.NullHandler())
 _SILENT_ARIADNE_LOGGER.propagate = False
 
+
 class _Refused(Exception):
     """A request that is not a well-formed GraphQL-over-HTTP request; answered with `status`."""
 
@@ -154,8 +156,11 @@ class HTTPHandler(GraphQLHTTPHandler):
     (its errors say why); one that could not execute answers 400, or 200 to a client that asked
     for application/json; mutations over GET 405; batches (JSON arrays) up to the configured cap."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__()
+    def __init__(
+        self, settings: Settings, extensions: list[type[Extension] | Callable[[], Extension]] | None = None
+    ) -> None:
+        # extensions: app.web.metrics' error counter (no per-field hook, so no resolver is wrapped).
+        super().__init__(extensions=extensions)
         self.max_batch = settings.max_batch_operations
         self.hide_suggestions = settings.production
 
@@ -356,6 +361,49 @@ class Explorer(ExplorerGraphiQL):
         return _PAGE.format(head=head, body=body)
 
 
+def _declares_variables(document: DocumentNode) -> bool:
+    return any(getattr(definition, "variable_definitions", None) for definition in document.definitions)
+
+
+class _LimitsCache:
+    """QueryCache.validate caches the specified rules' verdict per document but runs our limits
+    (depth, aliases, cost, introspection) on every request: a second full validation pass, a
+    fifth of a small query's time (py-spy, bench/RESULTS.md). Their verdict depends only on the
+    document and the rule classes, which are the same objects from request to request unless
+    the cost depends on the request's variables (`fixed_cost` absent): those run every time."""
+
+    def __init__(self, cache: QueryCache, fixed_cost: type[ASTValidationRule], size: int) -> None:
+        self._cache = cache
+        self._fixed_cost = fixed_cost
+        self._size = size
+        self._verdicts: OrderedDict[tuple[Any, ...], tuple[DocumentNode, list[GraphQLError]]] = OrderedDict()
+
+    def validate(
+        self,
+        schema: GraphQLSchema,
+        document_ast: DocumentNode,
+        rules: Collection[type[ASTValidationRule]] | None = None,
+        max_errors: int | None = None,
+        type_info: Any = None,
+    ) -> list[GraphQLError]:
+        if rules is None or self._size <= 0 or self._fixed_cost not in rules:
+            return self._cache.validate(schema, document_ast, rules, max_errors, type_info)
+        key = (id(document_ast), tuple(rules), max_errors)
+        hit = self._verdicts.get(key)
+        # The document itself is kept with its verdict: an id is only unique while it lives.
+        if hit is not None and hit[0] is document_ast:
+            self._verdicts.move_to_end(key)
+            return hit[1]
+        errors = self._cache.validate(schema, document_ast, rules, max_errors, type_info)
+        source = document_ast.loc.source.body if document_ast.loc else None
+        # The documents QueryCache keeps (and so parses once) are the ones worth a verdict.
+        if source is not None and len(source) <= QueryCache.MAX_CACHED_CHARS:
+            self._verdicts[key] = (document_ast, errors)
+            if len(self._verdicts) > self._size:
+                self._verdicts.popitem(last=False)
+        return errors
+
+
 def create_graphql_app(
     settings: Settings,
     schema: GraphQLSchema,
@@ -363,6 +411,7 @@ def create_graphql_app(
     websocket_handler: GraphQLTransportWSHandler,
     *,
     caches: bool = True,
+    extensions: list[type[Extension] | Callable[[], Extension]] | None = None,
 ) -> GraphQL:
     from app.web.errors import make_error_formatter
 
@@ -371,24 +420,29 @@ def create_graphql_app(
     )
     limits = [depth_limit_rule(settings.max_query_depth), alias_limit_rule(settings.max_query_aliases)]
     costs = cost_map(schema)
+    # The cost of an operation that declares no variables, or is sent without any, does not
+    # depend on the request: one rule class for all of them, so their results can be cached.
+    fixed_cost = cost_rule(settings.max_query_cost, costs, {})
+    validator = _LimitsCache(cache, fixed_cost, 512 if caches else 0)
 
-    def rules(_context: Any, _document: DocumentNode, data: Any) -> list[type[ASTValidationRule]]:
+    def rules(_context: Any, document: DocumentNode, data: Any) -> list[type[ASTValidationRule]]:
         variables = data.get("variables") if isinstance(data, dict) else None
-        variables = variables if isinstance(variables, dict) else {}
+        if not variables or not isinstance(variables, dict) or not _declares_variables(document):
+            return [*limits, fixed_cost]
         return [*limits, cost_rule(settings.max_query_cost, costs, variables)]
 
     return GraphQL(
         schema,
         context_value=context_value,
         query_parser=cache.parse,
-        query_validator=cache.validate,
+        query_validator=validator.validate,
         validation_rules=rules,
         debug=settings.debug,
         introspection=not settings.production,
         explorer=Explorer() if not settings.production else ExplorerHttp405(),
         error_formatter=make_error_formatter(hide_suggestions=settings.production),
         logger=_SILENT_ARIADNE_LOGGER,
-        http_handler=HTTPHandler(settings),
+        http_handler=HTTPHandler(settings, extensions),
         websocket_handler=websocket_handler,
         execute_get_queries=True,
     )

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +55,8 @@ def explorer_csp(host: str | None, style_nonce: str | None = None) -> str:
             "frame-ancestors 'none'",
         ]
     )
+
+
 BASE_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
@@ -146,6 +148,11 @@ class SecurityHeaders:
         if production:
             # Production sits behind TLS; development runs on plain http://localhost.
             self.headers["strict-transport-security"] = HSTS
+        # Raw ASGI pairs built once: one pass over the response's headers per request (replacing
+        # any of the same name, as `MutableHeaders[name] = value` would) instead of one per header.
+        self._names = frozenset(name.encode("latin-1") for name in self.headers)
+        self._raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.headers.items()]
+        self._csp = (b"content-security-policy", API_CSP.encode("latin-1"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,11 +161,18 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.headers.items():
-                    headers[name] = value
-                if "content-security-policy" not in headers:
-                    headers["content-security-policy"] = API_CSP
+                names = self._names
+                kept = []
+                has_csp = False
+                for pair in message.get("headers", ()):
+                    name = bytes(pair[0]).lower()
+                    if name not in names:
+                        kept.append(pair)
+                        has_csp = has_csp or name == b"content-security-policy"
+                kept.extend(self._raw)
+                if not has_csp:
+                    kept.append(self._csp)
+                message["headers"] = kept
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -25,16 +25,20 @@ from graphql import (
     GraphQLSchema,
     InlineFragmentNode,
     Node,
+    NonNullTypeNode,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    Undefined,
     get_named_type,
     get_nullable_type,
     is_composite_type,
     is_list_type,
     parse,
     specified_rules,
+    type_from_ast,
     validate,
+    value_from_ast,
 )
 from graphql.validation import ASTValidationContext, ASTValidationRule, ValidationContext
 
@@ -350,6 +354,26 @@ class PagedCost(CostValidator):
         return super().get_multipliers_from_string(multipliers, args)
 
 
+def _with_defaults(
+    schema: GraphQLSchema, operation: OperationDefinitionNode, variables: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The request's variables plus the operation's declared defaults; None when a required
+    variable is missing, since that operation cannot run (execution says so) and has no price."""
+    values = dict(variables)
+    for definition in operation.variable_definitions or ():
+        name = definition.variable.name.value
+        if name in values:
+            continue
+        if definition.default_value is not None:
+            declared = type_from_ast(schema, definition.type)
+            value = value_from_ast(definition.default_value, declared) if declared else Undefined  # type: ignore[arg-type]
+            if value is not Undefined:
+                values[name] = value
+        elif isinstance(definition.type, NonNullTypeNode):
+            return None
+    return values
+
+
 def cost_rule(
     maximum: int, costs: dict[str, dict[str, Any]], variables: dict[str, Any]
 ) -> type[ASTValidationRule]:
@@ -358,7 +382,15 @@ def cost_rule(
             super().__init__(context, maximum, default_cost=1, variables=variables, cost_map=costs)
 
         def enter_operation_definition(self, node: OperationDefinitionNode, *args: Any) -> None:
-            if introspection_roots(self.context, node) is None:
-                super().enter_operation_definition(node, *args)
+            if introspection_roots(self.context, node) is not None:
+                return
+            operation_variables = _with_defaults(self.context.schema, node, variables)
+            if operation_variables is None:
+                return
+            # Each operation is priced alone, with its own variables' defaults: a document of
+            # many operations (GraphiQL sends its whole editor) runs only one of them.
+            self.variables = operation_variables
+            self.cost = 0
+            super().enter_operation_definition(node, *args)
 
     return QueryCost

@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.bellows import live_metrics
 from app.context import bearer_token
 from app.core.channels import channels
 from app.core.errors import Forbidden, Invalid, Unauthenticated
@@ -89,9 +90,20 @@ def _graphql_names(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _as_stream(payload: dict[str, Any]) -> dict[str, Any]:
+    """A live event as the BellowsStream object: its compact `samples` (app/ingest/writer.py)
+    become the `metrics` the type has, as the subscription's resolver shows them."""
+    if "samples" not in payload:
+        return payload  # logged before events carried every sample (`metrics` already)
+    return {
+        ("metrics" if key == "samples" else key): live_metrics(value) if key == "samples" else value
+        for key, value in payload.items()
+    }
+
+
 def format_event(event: Event) -> str:
     # Payloads are JSON-safe by app.pubsub's contract (they come out of jsonb or the wire).
-    data = json.dumps(_graphql_names(event.data), separators=(",", ":"))
+    data = json.dumps(_graphql_names(_as_stream(event.data)), separators=(",", ":"))
     return f"id: {event.id}\nevent: bellows\ndata: {data}\n\n"
 
 

@@ -3,6 +3,7 @@ signed-in sockets close (4403) when their token expires or their session is revo
 operations run on the application's SharedEventExecutor. What one client may hold and send
 (app/web/ws_limits.py) is enforced here: sockets per IP and per smith, messages per second,
 subscriptions per socket and per smith, the connection_init wait and anonymous idle sockets.
+Every frame is checked against the protocol first (app/web/ws_protocol.py, docs/realtime.md).
 Longer than 400 lines: each rule hooks into one of Ariadne's protocol methods, and those overrides
 read best side by side."""
 
@@ -26,7 +27,7 @@ from ariadne.types import Operation
 from ariadne.utils import get_operation_type
 from graphql import ExecutionResult, GraphQLError
 from graphql.language import OperationType
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app import sessions
 from app.context import token_from_init_payload
@@ -36,7 +37,7 @@ from app.infra.bus import BACK, Event, SubscriberOverflow
 from app.realtime.shared import EventIdSocket, SharedEventExecutor
 from app.resources import Resources
 from app.settings import Settings
-from app.web import ws_limits
+from app.web import ws_limits, ws_protocol
 from app.web.connection import context_for
 from app.web.ws_limits import SocketLimits, SocketState
 
@@ -190,7 +191,7 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
             return
         websocket.scope[_LIMITS] = state
         try:
-            await super().handle_websocket(websocket)
+            await self._serve(websocket)
         finally:
             for name in (_EXPIRY_TIMER, _IDLE_TIMER):
                 timer = websocket.scope.pop(name, None)
@@ -200,6 +201,49 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
             if entry is not None:
                 self.sessions.discard(entry)
             self.limits.release_socket(state)
+
+    async def _serve(self, websocket: WebSocket) -> None:
+        """Ariadne's receive loop, but frames are decoded and checked here: a frame that is not a
+        valid graphql-transport-ws message closes the socket with 4400 (Ariadne's loop would raise
+        and leave uvicorn to close with 1011), and a failure while handling a message closes it
+        with 4500 rather than dropping the connection."""
+        await websocket.accept("graphql-transport-ws")
+        client_context = ClientContext()
+        client_context.connection_init_timeout_task = asyncio.create_task(
+            self.handle_connection_init_timeout(websocket, client_context)
+        )
+        try:
+            while WebSocketState.DISCONNECTED not in (websocket.client_state, websocket.application_state):
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                message = ws_protocol.decode(frame)
+                if isinstance(message, ws_protocol.Invalid):
+                    bad = ws_protocol.CLOSE_BAD_REQUEST
+                    await self._close(websocket, client_context, bad, message.reason)
+                    break
+                try:
+                    await self.handle_websocket_message(websocket, message, client_context)
+                except Exception:
+                    log.exception("handling a websocket message failed")
+                    internal = ws_protocol.CLOSE_INTERNAL
+                    await self._close(websocket, client_context, internal, ws_protocol.INTERNAL)
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            timeout_task = client_context.connection_init_timeout_task
+            if timeout_task is not None:
+                timeout_task.cancel()
+            for operation_id in list(client_context.operations):
+                await self.stop_websocket_operation(websocket, operation_id, client_context)
+            if self.on_disconnect:
+                try:
+                    result = self.on_disconnect(websocket)
+                    if result and isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("the websocket disconnect hook failed")
 
     async def handle_websocket_message(
         self, websocket: WebSocket, message: dict, client_context: ClientContext
@@ -235,14 +279,19 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         """Ariadne 1.1's, but subscriptions run on SharedEventExecutor and each takes a slot of the
         socket's and the smith's caps until it ends."""
         if not client_context.connection_acknowledged:
-            await websocket.close(code=4401)
+            unauthorized = ws_protocol.CLOSE_UNAUTHORIZED
+            await self._close(websocket, client_context, unauthorized, ws_protocol.UNAUTHORIZED)
             return
         if operation_id in client_context.operations:
-            await websocket.close(code=4409)
+            exists = ws_protocol.CLOSE_SUBSCRIBER_EXISTS
+            reason = f"Subscriber for {operation_id} already exists"
+            await self._close(websocket, client_context, exists, reason)
             return
-        validate_data(data)
         context_value = await self.get_context_for_request(websocket, data)
         try:
+            # The message's shape was checked (ws_protocol); this refuses what Ariadne refuses
+            # beyond it, such as an empty query, as an `error` for the operation.
+            validate_data(data)
             query_document = parse_query(context_value, self.query_parser, data)
             operation_type = get_operation_type(query_document, data.get("operationName"))
         except GraphQLError as error:
@@ -328,7 +377,8 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
         self, websocket: WebSocket, message: dict, client_context: ClientContext
     ) -> None:
         if client_context.connection_init_received:
-            await super().handle_websocket_connection_init_message(websocket, message, client_context)
+            many = ws_protocol.CLOSE_TOO_MANY_INITS
+            await self._close(websocket, client_context, many, ws_protocol.TOO_MANY_INITS)
             return
         # Ariadne leaves its init timer asleep for the whole minute; it has nothing left to do.
         if client_context.connection_init_timeout_task is not None:
@@ -380,7 +430,7 @@ class AuthenticatingWSHandler(GraphQLTransportWSHandler):
             viewer = await context.viewer()
         except Exception:
             log.exception("websocket authentication failed")
-            return 1011, "Internal server error"
+            return ws_protocol.CLOSE_INTERNAL, ws_protocol.INTERNAL
         if viewer is None:
             return 4403, "Forbidden"
         state: SocketState | None = websocket.scope.get(_LIMITS)

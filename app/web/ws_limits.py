@@ -67,16 +67,21 @@ class SocketLimits:
         self._ips: Counter[str] = Counter()
         self._smith_sockets: Counter[str] = Counter()
         self._smith_subscriptions: Counter[str] = Counter()
+        # Open sockets and running subscriptions of this handler (GET /metrics reads them).
+        self.sockets = 0
+        self.subscriptions = 0
 
     def admit_socket(self, ip: str) -> SocketState | None:
         """The new socket's state, or None when its IP holds the most sockets allowed."""
         if self.sockets_per_ip and self._ips[ip] >= self.sockets_per_ip:
             return None
         self._ips[ip] += 1
+        self.sockets += 1
         return SocketState(ip, TokenBucket(self.rate, self.burst))
 
     def release_socket(self, state: SocketState) -> None:
         _decrement(self._ips, state.ip)
+        self.sockets -= 1
         if state.smith_id is not None:
             _decrement(self._smith_sockets, state.smith_id)
             state.smith_id = None
@@ -98,6 +103,7 @@ class SocketLimits:
             if self._smith_subscriptions[smith] >= self.subscriptions_per_smith:
                 return f"An account may run {self.subscriptions_per_smith} subscriptions at once"
         state.subscriptions += 1
+        self.subscriptions += 1
         if smith is not None:
             self._smith_subscriptions[smith] += 1
         return None
@@ -105,6 +111,7 @@ class SocketLimits:
     def release_subscription(self, state: SocketState, smith_id: str | None) -> None:
         """`smith_id`: the smith the slot was reserved under (the socket may have lost it since)."""
         state.subscriptions -= 1
+        self.subscriptions -= 1
         if smith_id is not None:
             _decrement(self._smith_subscriptions, smith_id)
 

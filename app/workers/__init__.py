@@ -20,13 +20,20 @@ from app.ingest.pipeline import Pipeline
 from app.ingest.service import ingest_component, standalone_ingest
 from app.resources import Resources, Role
 from app.simulator import Simulator, simulated_robots
+from app.workers.builds import BuildWorker, build_worker
 from app.workers.commands import Dispatcher, Sweeper, dispatcher, sweeper
+from app.workers.deployments import DeploymentTracker, deployment_tracker
+from app.workers.health import serving_health
 from app.workers.housekeeping import (
     broker_account_reconciler,
     dead_letter_retention,
     event_log_retention,
     session_pruning,
 )
+from app.workers.liveness import Liveness, liveness
+from app.workers.notify import Notifier, notifier
+from app.workers.tasks import TaskWorker, task_worker
+from app.workers.telemetry import TelemetryUpkeep, telemetry_upkeep
 
 
 @dataclass(slots=True)
@@ -37,7 +44,13 @@ class Running:
     mqtt_ingest: MqttIngest | None = None
     command_sweeper: Sweeper | None = None
     command_dispatcher: Dispatcher | None = None
+    task_worker: TaskWorker | None = None
+    telemetry: TelemetryUpkeep | None = None
+    build_worker: BuildWorker | None = None
+    deployment_tracker: DeploymentTracker | None = None
+    notifier: Notifier | None = None
     simulator: Simulator | None = None
+    liveness: Liveness | None = None
 
 
 @contextlib.asynccontextmanager
@@ -47,6 +60,13 @@ async def run_components(resources: Resources, role: Role) -> AsyncIterator[Runn
         if role in ("api", "worker"):
             running.command_sweeper = await stack.enter_async_context(sweeper(resources))
             running.command_dispatcher = await stack.enter_async_context(dispatcher(resources))
+            running.task_worker = await stack.enter_async_context(task_worker(resources))
+            running.liveness = await stack.enter_async_context(liveness(resources))
+            if role == "worker" or resources.settings.notify_in_api:
+                running.notifier = await stack.enter_async_context(notifier(resources))
+            running.telemetry = await stack.enter_async_context(telemetry_upkeep(resources))
+            running.build_worker = await stack.enter_async_context(build_worker(resources))
+            running.deployment_tracker = await stack.enter_async_context(deployment_tracker(resources))
         if role == "api":
             await stack.enter_async_context(event_log_retention(resources))
             await stack.enter_async_context(dead_letter_retention(resources))
@@ -59,7 +79,14 @@ async def run_components(resources: Resources, role: Role) -> AsyncIterator[Runn
             # Last: simulated robots publish once everything that consumes their messages runs.
             running.simulator = await stack.enter_async_context(simulated_robots(resources))
         if role == "ingest":
-            running.pipeline, running.mqtt_ingest = await stack.enter_async_context(
-                standalone_ingest(resources)
+            pipeline, consumer = await stack.enter_async_context(standalone_ingest(resources))
+            running.pipeline, running.mqtt_ingest = pipeline, consumer
+            await stack.enter_async_context(
+                serving_health(resources, role, [lambda: consumer.is_connected], [pipeline.metrics.families])
+            )
+        if role == "worker":
+            publisher = resources.mqtt
+            await stack.enter_async_context(
+                serving_health(resources, role, [lambda: publisher.is_connected] if publisher else [])
             )
         yield running

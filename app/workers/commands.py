@@ -46,7 +46,7 @@ class OwnConnection:
         await self.close()
         dsn = self._resources.settings.database_url
         if dsn is None:
-            self._conn, self._pooled = await self._resources.db.acquire(), True
+            self._conn, self._pooled = await db.acquire_stateful(self._resources.db), True
         else:
             self._conn, self._pooled = await db.connect(dsn), False
         await self._on_open(self._conn)

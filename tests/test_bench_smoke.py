@@ -1,0 +1,59 @@
+"""The benchmarks still run: each bench script in its short smoke mode, as a maintainer runs it
+(`.venv/bin/python -m bench.<name> ...`), prints its table and figures. The figures themselves are
+not asserted (2 shared cores); bench/RESULTS.md records full runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(*args: str, timeout: float = 300) -> tuple[str, dict[str, dict[str, Any]]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEPULKI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            figure = json.loads(line)
+            figures[figure["figure"]] = figure
+    return done.stdout, figures
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by ./run test (apt)")
+def test_bench_http_measures_sepulki_and_both_baselines_with_wrk() -> None:
+    out, figures = run_bench("bench.http", "--smoke")
+    assert "`{ __typename }` req/s" in out and "× vanilla Ariadne" in out
+    for name in ("small_sepulki", "small_vanilla", "small_starlette", "robot_sepulki", "nested_sepulki"):
+        assert figures[f"http_{name}"]["rps"] > 0, name
+    for name in ("small", "robot", "nested"):
+        assert figures[f"http_{name}_p99_at_70pct"]["p99_ms"] > 0
+
+
+def test_bench_stream_delivers_every_event_to_a_few_sockets() -> None:
+    out, figures = run_bench("bench.stream", "--smoke")
+    assert "RSS per idle socket KB" in out
+    assert figures["stream_delivered_fraction"]["value"] == 1.0
+    assert figures["stream_delivered_fraction"]["duplicates"] == 0
+    assert figures["stream_rss_per_idle_socket_kb"]["value"] is not None
+
+
+def test_bench_ingest_commits_every_message_of_a_small_round() -> None:
+    _, figures = run_bench(
+        *("bench.ingest", "--messages", "2000", "--rounds", "1", "--burst", "1"),
+        *("--robots", "10", "--workers", "2"),
+    )
+    committed = figures["ingest_committed_msgs_per_s"]
+    assert (committed["lost"], committed["duplicated"]) == (0, 0)
+    assert committed["value"] > 0 and committed["baseline"] > 0
