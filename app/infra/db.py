@@ -37,9 +37,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+# asyncpg waits 60 s for a connection by default. A server stopped in the middle of the handshake
+# (an immediate shutdown, a restart) may never answer, and the ingest's writer would sit out that
+# minute with its batch; failing sooner lets its retry loop reach the restarted server.
+CONNECT_TIMEOUT_S = 10.0
+
+
 async def connect(dsn: str) -> asyncpg.Connection:
     """A dedicated connection (LISTEN, long-lived workers) with the pool's codecs."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     await _init_connection(conn)
     return conn
 
@@ -64,7 +70,12 @@ async def create_pool(
             conn.add_query_logger(notify)
 
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init, reset=_reset_if_stateful
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init,
+        reset=_reset_if_stateful,
+        timeout=CONNECT_TIMEOUT_S,
     )
     assert pool is not None
     return pool

@@ -256,6 +256,7 @@ class Pipeline:
             except Exception as exc:
                 # Only when stopping with the database gone: the messages stay unacknowledged.
                 self.metrics.batch_failures += 1
+                log.error("ingest: batch of %d not committed, left unacknowledged: %r", len(tickets), exc)
                 for ticket in tickets:
                     if not ticket.future.done():
                         ticket.future.set_exception(PipelineStopped(f"batch not committed: {exc}"))
@@ -336,7 +337,9 @@ class Pipeline:
         """The writer's own connection, held while the pipeline runs: a pool checkout per batch
         costs a reset round trip on release, and batches never run concurrently anyway."""
         if self._conn is None or self._conn.is_closed():
-            self._conn = await self._pool.acquire()
+            # Bounded: with the server restarting, a checkout can wait on a connect that is never
+            # answered; the batch's retry loop tries again instead.
+            self._conn = await self._pool.acquire(timeout=10)
         return self._conn
 
     async def _drop_connection(self) -> None:
