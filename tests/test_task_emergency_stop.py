@@ -32,6 +32,7 @@ from tests.seed_ids import (
 from tests.servers import MosquittoServer
 from tests.support import Api, eventually, with_broker
 from tests.taskbot import TaskBot, taskbot
+from tests.test_ingest import clear_retained_status
 from tests.wsclient import subscribe
 
 DISPATCH = """
@@ -62,6 +63,9 @@ ADMIN_EMAIL = "admin@sepulki.com"
 @pytest.fixture
 async def live(settings: Settings, mosquitto: MosquittoServer) -> AsyncIterator[Live]:
     """The app under uvicorn with Mosquitto: ingest, command dispatcher and a fast task worker."""
+    # The shared broker keeps the robots' retained statuses other tests left (a simulator powered
+    # down publishes OFFLINE): the ingest would apply them on subscribing, as it should in production.
+    await clear_retained_status(mosquitto.url, [ALPHA, BETA])
     async with serving(with_broker(settings, mosquitto, task_worker_interval_s=0.1)) as running:
         yield running
 
