@@ -64,9 +64,6 @@ class Unavailable(DomainError):
     code = "SERVICE_UNAVAILABLE"
 
 
-class NotImplementedYet(DomainError):
-    code = "NOT_IMPLEMENTED"
-
 
 # The one payload policy (docs/architecture.md): a mutation whose payload has `errors` reports
 # there what the caller can fix by changing the input (BAD_USER_INPUT, NOT_FOUND, CONFLICT) or by

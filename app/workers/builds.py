@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -16,6 +15,7 @@ from app import builds
 from app.infra import db
 from app.resources import Resources
 from app.workers.commands import OwnConnection
+from app.workers.running import running
 
 log = logging.getLogger("sepulki.builds")
 
@@ -67,14 +67,6 @@ class BuildWorker:
             await asyncio.sleep(self.resources.settings.build_poll_s)
 
 
-@contextlib.asynccontextmanager
-async def build_worker(resources: Resources) -> AsyncIterator[BuildWorker]:
+def build_worker(resources: Resources) -> contextlib.AbstractAsyncContextManager[BuildWorker]:
     worker = BuildWorker(resources)
-    task = asyncio.create_task(worker.run(), name="build worker")
-    try:
-        yield worker
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.conn.close()
+    return running("build worker", worker, worker.conn.close)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import asyncpg
@@ -16,6 +16,7 @@ from app import commands
 from app.infra import db
 from app.infra.mqtt import Publisher
 from app.resources import Resources
+from app.workers.running import running
 
 log = logging.getLogger("sepulki.commands")
 
@@ -181,24 +182,13 @@ class Dispatcher:
                 await asyncio.sleep(0 if attempt < 100 else 0.005)
 
 
-@contextlib.asynccontextmanager
-async def _running(name: str, runner: Sweeper | Dispatcher) -> AsyncIterator[Any]:
-    task = asyncio.create_task(runner.run(), name=name)
-    try:
-        yield runner
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def sweeper(resources: Resources) -> contextlib.AbstractAsyncContextManager[Sweeper]:
     """Component: the expiry and ack-timeout sweeper (needs no broker)."""
-    return _running("command_sweeper", Sweeper(resources))
+    return running("command_sweeper", Sweeper(resources))
 
 
 def dispatcher(resources: Resources) -> contextlib.AbstractAsyncContextManager[Dispatcher | None]:
     """Component: the command dispatcher, when an MQTT broker is configured."""
     if resources.mqtt is None:
         return contextlib.nullcontext()
-    return _running("command_dispatcher", Dispatcher(resources, resources.mqtt))
+    return running("command_dispatcher", Dispatcher(resources, resources.mqtt))

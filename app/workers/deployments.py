@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -16,6 +15,7 @@ from app import deployments
 from app.infra import db
 from app.resources import Resources
 from app.workers.commands import OwnConnection
+from app.workers.running import running
 
 log = logging.getLogger("sepulki.deployments")
 
@@ -54,14 +54,6 @@ class DeploymentTracker:
             await asyncio.sleep(self.resources.settings.deployment_poll_s)
 
 
-@contextlib.asynccontextmanager
-async def deployment_tracker(resources: Resources) -> AsyncIterator[DeploymentTracker]:
+def deployment_tracker(resources: Resources) -> contextlib.AbstractAsyncContextManager[DeploymentTracker]:
     tracker = DeploymentTracker(resources)
-    task = asyncio.create_task(tracker.run(), name="deployment tracker")
-    try:
-        yield tracker
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await tracker.conn.close()
+    return running("deployment tracker", tracker, tracker.conn.close)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -20,6 +19,7 @@ from app import robot_status
 from app.infra import db
 from app.resources import Resources
 from app.workers.commands import OwnConnection
+from app.workers.running import running
 
 log = logging.getLogger("sepulki.liveness")
 
@@ -78,14 +78,6 @@ class Liveness:
             await self.close()
 
 
-@contextlib.asynccontextmanager
-async def liveness(resources: Resources) -> AsyncIterator[Liveness]:
+def liveness(resources: Resources) -> contextlib.AbstractAsyncContextManager[Liveness]:
     """Component: the inactivity timeout and fleets following their robots."""
-    runner = Liveness(resources)
-    task = asyncio.create_task(runner.run(), name="robot_liveness")
-    try:
-        yield runner
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return running("robot_liveness", Liveness(resources))

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -25,6 +24,7 @@ from app.infra import db
 from app.infra.mail import MailError
 from app.resources import Resources
 from app.workers.commands import OwnConnection
+from app.workers.running import running
 
 log = logging.getLogger("sepulki.notify")
 
@@ -126,14 +126,6 @@ class Notifier:
         return response.status_code
 
 
-@contextlib.asynccontextmanager
-async def notifier(resources: Resources) -> AsyncIterator[Notifier]:
+def notifier(resources: Resources) -> contextlib.AbstractAsyncContextManager[Notifier]:
     """Component: delivers e-mails and webhook calls of alerts (roles api and worker)."""
-    worker = Notifier(resources)
-    task = asyncio.create_task(worker.run(), name="notification_worker")
-    try:
-        yield worker
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return running("notification_worker", Notifier(resources))

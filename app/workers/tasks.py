@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -19,6 +18,7 @@ from app.resources import Resources
 from app.tasks import queue, reactor, schedules
 from app.tasks.lifecycle import Outbox
 from app.workers.commands import OwnConnection
+from app.workers.running import running
 
 log = logging.getLogger("sepulki.tasks")
 
@@ -71,14 +71,6 @@ class TaskWorker:
             await out.publish(self._resources.events)
 
 
-@contextlib.asynccontextmanager
-async def task_worker(resources: Resources) -> AsyncIterator[TaskWorker]:
+def task_worker(resources: Resources) -> contextlib.AbstractAsyncContextManager[TaskWorker]:
     """Component: the task worker (needs no broker: commands wait in the outbox)."""
-    worker = TaskWorker(resources)
-    task = asyncio.create_task(worker.run(), name="task_worker")
-    try:
-        yield worker
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return running("task_worker", TaskWorker(resources))

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -18,6 +17,7 @@ from app import telemetry
 from app.infra import db
 from app.resources import Resources
 from app.workers.commands import OwnConnection
+from app.workers.running import running
 
 log = logging.getLogger("sepulki.telemetry")
 
@@ -76,14 +76,6 @@ class TelemetryUpkeep:
         await self._conn.close()
 
 
-@contextlib.asynccontextmanager
-async def telemetry_upkeep(resources: Resources) -> AsyncIterator[TelemetryUpkeep]:
+def telemetry_upkeep(resources: Resources) -> contextlib.AbstractAsyncContextManager[TelemetryUpkeep]:
     upkeep = TelemetryUpkeep(resources)
-    task = asyncio.create_task(upkeep.run(), name="telemetry upkeep")
-    try:
-        yield upkeep
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await upkeep.close()
+    return running("telemetry upkeep", upkeep, upkeep.close)
