@@ -79,7 +79,7 @@ async def dispatch(ctx: Context, viewer: Viewer, fleet_id: str, task_input: dict
                 changes |= {"robotId": assignment["robot_id"], "runId": run["id"]}
                 out.events += placed.events
                 out.commands += placed.commands
-            except (queue.NoRobot, asyncpg.UniqueViolationError):
+            except (queue.NoRobot, queue.Contended, asyncpg.UniqueViolationError):
                 task = dict(head)
         changes["status"] = task["status"]
         await audit.record(conn, ctx, viewer.id, "dispatchTask", "Task", task["id"], changes)

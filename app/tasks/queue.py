@@ -10,6 +10,7 @@ takes the URGENT task in the same transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -37,11 +38,14 @@ FOR UPDATE SKIP LOCKED
 # Eligible: IDLE or WORKING (a robot busy outside any task may take one), not deleted, battery at
 # least the minimum, no open run. IDLE first; robots that already failed this task last; then the
 # score (docs/tasks.md).
+ELIGIBLE = """
+r.fleet_id = $1 AND r.deleted_at IS NULL AND r.status IN ('IDLE', 'WORKING')
+  AND coalesce(r.battery_level, 100) >= $2
+  AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.robot_id = r.id AND o.status IN ('PENDING', 'RUNNING'))
+"""
 PICK_ROBOT = f"""
 SELECT r.* FROM robots r
-WHERE r.fleet_id = $1 AND r.deleted_at IS NULL AND r.status IN ('IDLE', 'WORKING')
-  AND coalesce(r.battery_level, 100) >= $3
-  AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.robot_id = r.id AND o.status IN ('PENDING', 'RUNNING'))
+WHERE {ELIGIBLE.replace("$2", "$3")}
 ORDER BY (r.status = 'IDLE') DESC,
   EXISTS (SELECT 1 FROM runs f WHERE f.task_id = $2 AND f.robot_id = r.id AND f.status = 'FAILED'),
   {rules.W_BATTERY} * coalesce(r.battery_level, 50) / 100
@@ -71,6 +75,10 @@ ORDER BY ru.created_at DESC, ru.id
 LIMIT 1
 FOR UPDATE OF ru, t, r SKIP LOCKED
 """
+# PICK_ROBOT skips robots other transactions hold: when it finds none, this tells a fleet whose
+# free robots are only held for a moment (by another dispatcher, or an ingest batch updating them)
+# from one that has none.
+ANY_ELIGIBLE = f"SELECT EXISTS (SELECT 1 FROM robots r WHERE {ELIGIBLE})"  # noqa: S608 (constant)
 LOCK_ROBOT = "SELECT * FROM robots WHERE id = $1 FOR UPDATE"
 # NEXT_TASK skips rows another transaction holds, such as a task whose priority is being raised:
 # once a robot is held, a task that has meanwhile come ahead in the fleet's queue must go first.
@@ -87,6 +95,10 @@ SELECT EXISTS (
 
 class NoRobot(Exception):
     """The task's fleet has no free robot right now."""
+
+
+class Contended(Exception):
+    """The fleet's free robots are all held by other transactions right now."""
 
 
 class Overtaken(Exception):
@@ -110,6 +122,8 @@ async def assign_best(
         return await lifecycle.assign(
             conn, out, settings, task, robot, actor, "dispatched", issued_by=issued_by
         )
+    if await conn.fetchval(ANY_ELIGIBLE, task["fleet_id"], settings.task_min_battery):
+        raise Contended
     if task["priority"] != "URGENT":
         raise NoRobot
     victim = await conn.fetchrow(PREEMPTABLE, task["fleet_id"])
@@ -130,8 +144,8 @@ async def dispatch_one(
     conn: Connection, settings: Settings, exclude: list[str], fleet_id: str | None = None
 ) -> tuple[str, Outbox]:
     """One assignment in its own transaction. Answers "assigned", "busy" (the head task's fleet
-    has no free robot: added to `exclude`), "raced" (another dispatcher took the robot first;
-    nothing written) or "empty" (nothing due)."""
+    has no free robot: added to `exclude`), "raced" (another dispatcher took the robot first, or
+    holds the fleet's free robots for now; nothing written) or "empty" (nothing due)."""
     out = Outbox()
     try:
         async with conn.transaction():
@@ -150,7 +164,7 @@ async def dispatch_one(
             if ahead:
                 raise Overtaken
             return "assigned", out
-    except Overtaken:
+    except (Overtaken, Contended):
         return "raced", Outbox()
     except asyncpg.UniqueViolationError:
         log.info("task dispatch lost a race for a robot; retrying")
@@ -162,10 +176,16 @@ async def dispatch_pass(conn: Connection, settings: Settings, limit: int = 100) 
     what each committed assignment has to publish."""
     exclude: list[str] = []
     done: list[Outbox] = []
+    raced = 0
     for _ in range(limit):
         outcome, out = await dispatch_one(conn, settings, exclude)
         if outcome == "empty":
             break
         if outcome == "assigned":
             done.append(out)
+        elif outcome == "raced":
+            # The other transaction commits or rolls back within milliseconds; a short, growing
+            # pause lets it instead of spinning on the same locked rows.
+            raced += 1
+            await asyncio.sleep(min(0.002 * raced, 0.05))
     return done
