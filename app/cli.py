@@ -30,8 +30,10 @@ def _serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="info",
-        # uvicorn's handlers, access log included, redact secrets and mask emails like ours.
+        # uvicorn's handlers redact secrets and mask emails like ours; the access log is ours
+        # (app.infra.logs.access, with each request's duration and id).
         log_config=logs.uvicorn_log_config(settings.log_format),
+        access_log=False,
         ws="websockets-sansio",
         # X-Forwarded-For/-Proto only from SEPULKI_TRUSTED_PROXIES; none configured: the socket
         # peer is the client (uvicorn's own default would believe any process on loopback).

@@ -170,10 +170,30 @@ def sepulki_env(dsn: str, port: int, data_dir: Path) -> dict[str, str]:
 # -- wrk ---------------------------------------------------------------------------------------------
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 async def wrk(
-    url: str, body: str, seconds: float, connections: int, script: Path, auth: str = "", delay_ms: int = 0
+    url: str,
+    body: str,
+    seconds: float,
+    connections: int,
+    script: Path,
+    auth: str = "",
+    delay_ms: int = 0,
+    pid: int | None = None,
 ) -> dict[str, Any]:
+    """One wrk run; with the server's `pid`, also the CPU the server spent per request (`cpu_us`)
+    and its share of one core (`cpu_share`): unlike req/s, these hardly move with the load others
+    put on the shared machine, as long as the server is the bottleneck (cpu_share near 1)."""
     env = os.environ | {"BENCH_BODY": body, "BENCH_AUTH": auth, "BENCH_DELAY_MS": str(delay_ms)}
+    cpu_before = _cpu_seconds(pid)
     process = await asyncio.create_subprocess_exec(
         "wrk",
         "-t1",
@@ -194,6 +214,10 @@ async def wrk(
         raise RuntimeError(f"wrk failed: {out.decode()} {err.decode()}")
     result: dict[str, Any] = json.loads(lines[-1])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    if pid is not None:
+        cpu = _cpu_seconds(pid) - cpu_before
+        result["cpu_us"] = cpu / max(1, result["requests"]) * 1e6
+        result["cpu_share"] = cpu / (result["duration_us"] / 1e6)
     if result["non2xx"] or result["socket_errors"]:
         raise RuntimeError(
             f"{url}: {result['non2xx']} non-2xx answers, {result['socket_errors']} socket errors"
@@ -269,6 +293,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "vanilla": [f"http://127.0.0.1:{vanilla_port}/graphql"],
                     "starlette": [f"http://127.0.0.1:{starlette_port}/graphql"],
                 }
+                pids = {
+                    "sepulki": [procs[f"sepulki-{n}"].pid for n in range(len(ports))],
+                    "vanilla": [procs["vanilla"].pid],
+                    "starlette": [procs["starlette"].pid],
+                }
                 auth = await _token(urls["sepulki"][0])
                 robot, nested = json.dumps({"query": ROBOT}), json.dumps({"query": NESTED})
                 await _check(urls["sepulki"][0], small, "", SMALL_ANSWER)
@@ -291,12 +320,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         targets = urls[server]
                         conns = per if server == "sepulki" else args.connections
                         results = await asyncio.gather(
-                            *(wrk(u, body, seconds, conns, script, token) for u in targets)
+                            *(
+                                wrk(u, body, seconds, conns, script, token, pid=pids[server][i])
+                                for i, u in enumerate(targets)
+                            )
                         )
                         merged = {
                             "rps": sum(r["rps"] for r in results),
                             "p99_us": max(r["p99_us"] for r in results),
                             "p50_us": max(r["p50_us"] for r in results),
+                            "cpu_us": sum(r["cpu_us"] * r["requests"] for r in results)
+                            / max(1, sum(r["requests"] for r in results)),
+                            "cpu_share": sum(r["cpu_share"] for r in results) / len(results),
                         }
                         key = (name, server)
                         if key not in best or merged["rps"] > best[key]["rps"]:
@@ -364,7 +399,6 @@ async def profile(
             "raw",
             "-o",
             str(target),
-            "--nonblocking",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -430,19 +464,33 @@ def print_table(report: dict[str, Any]) -> None:
                 f"paced to {paced[name]['target_rps']:,.0f} req/s",
             )
         )
+    cpu = {key: result["cpu_us"] for key, result in best.items()}
+    rows.append(
+        (
+            "server CPU µs per `{ __typename }`",
+            cpu[("small", "sepulki")],
+            1e6 / TARGETS["small"],
+            f"vanilla {cpu[('small', 'vanilla')]:,.0f}, raw Starlette {cpu[('small', 'starlette')]:,.0f}"
+            f" (× vanilla {cpu[('small', 'vanilla')] / cpu[('small', 'sepulki')]:.2f})",
+        )
+    )
+    rows.append(("server CPU µs per robot(id)", cpu[("robot", "sepulki")], 1e6 / TARGETS["robot"], ""))
+    rows.append(("server CPU µs per nested", cpu[("nested", "sepulki")], 1e6 / TARGETS["nested"], ""))
     print(
         f"\nbench.http: {replicas} sepulki replica(s), wrk -t1,"
         f" best of {report['rounds']} × {report['seconds']:.0f} s"
     )
     print(f"{'figure':<44} {'value':>10} {'target':>10}  ok  baseline (same run)")
     for figure, value, target, note in rows:
-        ok = value <= target if figure.startswith("p99") else value >= target
+        ok = value <= target if figure.startswith(("p99", "server CPU")) else value >= target
         print(f"{figure:<44} {value:>10,.2f} {target:>10,.2f}  {'yes' if ok else 'NO ':<3} {note}")
     for (name, server), result in sorted(best.items()):
         emit(
             figure=f"http_{name}_{server}",
             rps=round(result["rps"], 1),
             p99_ms=round(result["p99_us"] / 1000, 2),
+            cpu_us=round(result["cpu_us"], 1),
+            cpu_share=round(result["cpu_share"], 2),
         )
     for name, result in paced.items():
         emit(

@@ -8,8 +8,10 @@ import json
 import logging
 import logging.config
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 
 from app.infra import logs
@@ -137,3 +139,37 @@ def test_redaction_stays_linear_on_long_unbroken_input() -> None:
     for text in ("a" * 200_000, "a?" * 100_000, "a." * 100_000 + "@", "key-" * 50_000):
         logs.redact(text)
     assert time.perf_counter() - started < 2
+
+
+async def test_the_server_writes_one_json_access_line_per_request_with_its_id_and_duration(
+    database_url: str, tmp_path: Path
+) -> None:
+    from tests.processes import sepulki_serve
+
+    # Given `sepulki serve` writing JSON logs
+    async with sepulki_serve(database_url, tmp_path, log_format="json") as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            # when a client sends a query with a token in its URL, and another with its own request id,
+            leaky = await client.get(
+                "/graphql", params={"query": "{ __typename }", "access_token": "tk-55667788"}
+            )
+            named = await client.post(
+                "/graphql", json={"query": "{ __typename }"}, headers={"x-request-id": "req-from-client-1"}
+            )
+    assert leaky.status_code == 200 and named.status_code == 200
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / f"serve-{port}.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    access = [line for line in lines if line["logger"] == "sepulki.access"]
+    # then each request has one access line with its method, path, status, duration and id,
+    [get] = [line for line in access if line["method"] == "GET" and line["path"].startswith("/graphql")]
+    [post] = [line for line in access if line["request_id"] == "req-from-client-1"]
+    assert get["status"] == 200 and get["client"] == "127.0.0.1" and get["duration_ms"] >= 0
+    assert get["request_id"] == leaky.headers["x-request-id"]
+    assert post["method"] == "POST" and post["path"] == "/graphql" and post["status"] == 200
+    # the token in the query string is masked, and uvicorn writes no access line of its own.
+    assert "tk-55667788" not in get["path"] and "access_token=***" in get["path"]
+    assert "tk-55667788" not in (tmp_path / f"serve-{port}.log").read_text()
+    assert not [line for line in lines if line["logger"] == "uvicorn.access"]

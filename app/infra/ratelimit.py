@@ -1,5 +1,11 @@
 """Rate limits and login lockout, counted by `limits` (memory in one process, Redis across
-replicas), with moving windows so a burst at a window's edge cannot double the allowance.
+replicas), in windows that slide so a burst at a window's edge cannot double the allowance.
+
+Login and mail rules use moving windows (one stored entry per attempt: exact, and their limits
+are small). The per-address request budget (`request_ip`) is a sliding-window counter: two
+counters per address whatever the limit, one constant-time update per request, with the previous
+window's count weighted by how much of it still overlaps; an exact log of every request of
+every address would cost memory and time in proportion to the limit.
 
 Degraded mode (docs/security.md): when the shared storage (Redis) fails, counting goes on in this
 process's memory at half of every limit (at least 1), so a login or a request never fails because
@@ -20,7 +26,8 @@ from typing import Any, Literal
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.aio.strategies import RateLimiter as Strategy
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from redis.asyncio.retry import Retry
@@ -38,7 +45,10 @@ REDIS_TIMEOUT_S = 1.0
 
 StorageState = Literal["ok", "down"]
 # What one limiter call does with a strategy: answers the seconds to wait, or None.
-_Op = Callable[[MovingWindowRateLimiter, RateLimitItem, str, str], Awaitable[float | None]]
+_Op = Callable[[Strategy, RateLimitItem, str, str], Awaitable[float | None]]
+_RULES = ("login_ip", "login_account", "login_lockout", "mail_ip", "mail_account", "request_ip")
+# Rules counted by a sliding-window counter instead of a moving window (see above).
+COUNTER_RULES = frozenset({"request_ip"})
 
 
 class _MemoryStorage(MemoryStorage):
@@ -93,28 +103,34 @@ def _key(value: str) -> str:
     return hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
 
 
+def _strategies(storage: Storage) -> dict[str, Strategy]:
+    """Each rule's strategy over one storage."""
+    moving, counter = MovingWindowRateLimiter(storage), SlidingWindowCounterRateLimiter(storage)
+    return {name: counter if name in COUNTER_RULES else moving for name in _RULES}
+
+
 def _halved(item: RateLimitItem) -> RateLimitItem:
     return type(item)(max(1, item.amount // 2), item.multiples, item.namespace)
 
 
-async def _wait(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> float:
+async def _wait(strategy: Strategy, item: RateLimitItem, rule: str, key: str) -> float:
     stats = await strategy.get_window_stats(item, rule, key)
     return max(1.0, stats.reset_time - time.time())
 
 
-async def _hit(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> float | None:
+async def _hit(strategy: Strategy, item: RateLimitItem, rule: str, key: str) -> float | None:
     if await strategy.hit(item, rule, key):
         return None
     return await _wait(strategy, item, rule, key)
 
 
-async def _test(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> float | None:
+async def _test(strategy: Strategy, item: RateLimitItem, rule: str, key: str) -> float | None:
     if await strategy.test(item, rule, key):
         return None
     return await _wait(strategy, item, rule, key)
 
 
-async def _clear(strategy: MovingWindowRateLimiter, item: RateLimitItem, rule: str, key: str) -> None:
+async def _clear(strategy: Strategy, item: RateLimitItem, rule: str, key: str) -> None:
     await strategy.clear(item, rule, key)
 
 
@@ -124,7 +140,7 @@ class RateLimiter:
 
     def __init__(self, settings: Settings) -> None:
         url = storage_url(settings)
-        rules = {
+        rules: dict[str, str] = {
             "login_ip": settings.login_rate_limit_ip,
             "login_account": settings.login_rate_limit_account,
             "login_lockout": settings.login_lockout,
@@ -136,7 +152,7 @@ class RateLimiter:
             name: parse(rule) if rule.strip() not in {"", "0"} else None for name, rule in rules.items()
         }
         self._storage: Storage | None = None
-        self._shared: MovingWindowRateLimiter | None = None
+        self._shared: dict[str, Strategy] | None = None
         if not url.startswith("async+memory"):
             options: dict[str, Any] = {"wrap_exceptions": True}
             if "redis" in url:
@@ -150,9 +166,9 @@ class RateLimiter:
             if not isinstance(storage, Storage):
                 raise ValueError("SEPULKI_RATE_LIMIT_STORAGE_URL must name an asyncio storage (async+...)")
             self._storage = storage
-            self._shared = MovingWindowRateLimiter(storage)
+            self._shared = _strategies(storage)
         # Memory: the only storage, or the fallback of the shared one at half the limits.
-        self._local = MovingWindowRateLimiter(_MemoryStorage())
+        self._local = _strategies(_MemoryStorage())
         self._local_rules = {
             name: _halved(item) if item is not None and self._shared is not None else item
             for name, item in self._rules.items()
@@ -214,16 +230,16 @@ class RateLimiter:
         assert local_item is not None
         if self._shared is not None and self._shared_turn():
             try:
-                wait = await op(self._shared, item, rule, hashed)
+                wait = await op(self._shared[rule], item, rule, hashed)
             except (StorageError, OSError) as exc:
                 self._lost(f"{type(exc.__cause__ or exc).__name__}: {exc}")
             else:
                 self._back()
                 if not (with_outage_counts and self._outage_counts):
                     return wait
-                local = await op(self._local, local_item, rule, hashed)
+                local = await op(self._local[rule], local_item, rule, hashed)
                 return max(wait, local) if wait is not None and local is not None else wait or local
-        return await op(self._local, local_item, rule, hashed)
+        return await op(self._local[rule], local_item, rule, hashed)
 
     def _shared_turn(self) -> bool:
         """Whether this call goes to the shared storage: always while it works; during an outage

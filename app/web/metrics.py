@@ -116,6 +116,15 @@ class RequestObserver:
             elapsed = time.perf_counter() - started
             _current.reset(token)
             logs.request_id.reset(id_token)
+            logs.access(
+                scope["method"],
+                scope["path"],
+                scope.get("query_string", b""),
+                status,
+                elapsed,
+                scope.get("client"),
+                request_id,
+            )
             route = _route(scope["path"])
             key = (scope["method"], route, f"{status // 100}xx")
             child = self._children.get(key)
