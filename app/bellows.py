@@ -50,6 +50,18 @@ DERIVED = ("batteryLevel", "healthScore", "uptime", "working")
 RAW_MAX = timedelta(days=1)
 
 
+# A window served from a rollup stops at far fewer entries than a raw one: each entry is a GraphQL
+# object to build and serialize, and at 5,000 of them that cost alone passes 400 ms; a rolled-up
+# window is an overview, and charts that need more points have telemetrySeries.
+MAX_ROLLED_METRIC_POINTS = 1000
+# Without an explicit resolution, a window longer than RAW_MAX is read hourly when its hours times
+# the fleet's robots stay within this budget, else daily: with the ten metrics of the contract
+# (UNITS) per sample, the whole window then fits in MAX_ROLLED_METRIC_POINTS. Daily entries can
+# still pass the cap (31 days of more than 3 robots): the newest are kept, as for raw windows.
+# MINUTE is never picked: a window past RAW_MAX holds more than 1,440 minutes.
+ROLLED_ROBOT_BUCKETS = MAX_ROLLED_METRIC_POINTS // len(UNITS)
+
+
 def pick_resolution(span: timedelta, raw_max: timedelta = RAW_MAX) -> str:
     """RAW up to `raw_max`, then 1-minute buckets up to 2 days, hourly up to 90 days, daily beyond."""
     if span <= raw_max:
@@ -59,11 +71,30 @@ def pick_resolution(span: timedelta, raw_max: timedelta = RAW_MAX) -> str:
     return HOUR if span <= timedelta(days=90) else DAY
 
 
+def buckets_in(start: datetime, end: datetime, resolution: str) -> int:
+    """How many buckets of `resolution` overlap [start, end]: those starting in (start - width,
+    end], as the rolled-up statements read them (buckets are aligned to the epoch, UTC)."""
+    width = WIDTHS[resolution].total_seconds()
+    return int(end.timestamp() // width) - int(start.timestamp() // width) + 1
+
+
+def pick_window_resolution(start: datetime, end: datetime, robots: int) -> str:
+    """The resolution of a fleet's window (bellows): RAW up to RAW_MAX, else HOUR when the
+    window's hours x `robots` fit ROLLED_ROBOT_BUCKETS, else DAY."""
+    if end - start <= RAW_MAX:
+        return RAW
+    return HOUR if buckets_in(start, end, HOUR) * max(robots, 1) <= ROLLED_ROBOT_BUCKETS else DAY
+
+
 def _per_table(template: str) -> dict[str, str]:
     return {res: template.replace("ROLLUP", table) for res, table in TABLES.items()}
 
 
-FLEET_EXISTS = "SELECT EXISTS (SELECT 1 FROM fleets WHERE id = $1 AND deleted_at IS NULL)"
+# The fleet's robots (the default resolution depends on them); no row for an unknown fleet.
+FLEET_ROBOTS = """
+SELECT (SELECT count(*) FROM robots r WHERE r.fleet_id = f.id AND r.deleted_at IS NULL)
+FROM fleets f WHERE f.id = $1 AND f.deleted_at IS NULL
+"""
 ROBOT_EXISTS = "SELECT EXISTS (SELECT 1 FROM robots WHERE id = $1 AND deleted_at IS NULL)"
 # One row per (sample, numeric metric); the lateral LIMIT caps each fleet separately.
 METRICS_BY_FLEET = """
@@ -90,10 +121,11 @@ CROSS JOIN LATERAL (
 ) AS e
 """
 # Rolled up: one entry per bucket and metric, the bucket's average, newest first straight off the
-# (fleet_id, bucket, robot_id, metric) index. The derived rows come along so that each entry gets
-# its bucket's average battery and health without a lookup per row; they are not entries.
+# (fleet_id, bucket, robot_id, metric) index and stopped at the cap. Each entry's bucket average
+# battery and health are the bucket's derived rows (not entries themselves), read by primary-key
+# probes in the same statement; entries of one bucket share them (PostgreSQL memoizes the probe).
 ROLLED_METRICS_BY_FLEET = _per_table("""
-SELECT f.id AS fleet_id, p.*
+SELECT f.id AS fleet_id, p.name, p.value, p.timestamp, p.robot_id, d.battery_level, d.health_score
 FROM unnest($1::uuid[]) AS f(id)
 CROSS JOIN LATERAL (
   SELECT r.metric AS name, r.sum / r.n AS value, r.bucket AS timestamp, r.robot_id
@@ -103,15 +135,13 @@ CROSS JOIN LATERAL (
   ORDER BY r.fleet_id DESC, r.bucket DESC, r.robot_id DESC, r.metric DESC
   LIMIT $4
 ) AS p
-""")
-
-# The average battery and health of the buckets entries come from: one PK probe per bucket.
-ROLLED_DERIVED = _per_table("""
-SELECT k.robot_id, k.bucket, jsonb_object_agg(r.metric, r.sum / r.n) AS levels
-FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::timestamptz[]) AS k(robot_id, bucket)) AS k
-JOIN ROLLUP r
-  ON r.robot_id = k.robot_id AND r.bucket = k.bucket AND r.metric IN ('batteryLevel', 'healthScore')
-GROUP BY k.robot_id, k.bucket
+CROSS JOIN LATERAL (
+  SELECT max(x.sum / x.n) FILTER (WHERE x.metric = 'batteryLevel') AS battery_level,
+         max(x.sum / x.n) FILTER (WHERE x.metric = 'healthScore') AS health_score
+  FROM ROLLUP x
+  WHERE x.robot_id = p.robot_id AND x.bucket = p.timestamp AND x.metric IN ('batteryLevel', 'healthScore')
+) AS d
+ORDER BY f.id, p.timestamp DESC, p.robot_id DESC, p.name DESC
 """)
 # `uptime` and `efficiency` are computed over every sample of the window (the window functions
 # run before LIMIT). Status messages are rows of their own (is_status), not samples.
@@ -168,9 +198,10 @@ async def stream(
 ) -> dict[str, Any]:
     """The BellowsStream of stored data; its metrics and events resolve lazily through loaders."""
     check_window(start, end)
-    if not await ctx.db.fetchval(FLEET_EXISTS, fleet_id):
+    robots = await ctx.db.fetchval(FLEET_ROBOTS, fleet_id)
+    if robots is None:
         raise NotFound.of("Fleet", fleet_id)
-    chosen = resolution or pick_resolution(end - start)
+    chosen = resolution or pick_window_resolution(start, end, robots)
     return {"fleet_id": fleet_id, "start": start, "end": end, "real_time": False, "resolution": chosen}
 
 
@@ -225,34 +256,39 @@ async def metrics_by_window(pool: Pool, keys: list[Window]) -> list[list[dict[st
 
 
 async def rolled_metrics_by_window(pool: Pool, keys: list[RolledWindow]) -> list[list[dict[str, Any]]]:
-    """Like `metrics_by_window`, from the rollup of each key's resolution: one query per
-    distinct (window, resolution)."""
+    """Like `metrics_by_window`, from the rollup of each key's resolution, at most
+    MAX_ROLLED_METRIC_POINTS per key: one statement per distinct (window, resolution)."""
     groups: dict[tuple[datetime, datetime, str], list[str]] = {}
     for fleet_id, start, end, resolution in keys:
         groups.setdefault((start, end, resolution), []).append(fleet_id)
     found: dict[Hashable, list[Any]] = {}
+    # Entries share few buckets: each bucket's start is rendered once (as live entries carry it).
+    stamps: dict[datetime, str] = {}
     for (start, end, resolution), fleet_ids in groups.items():
         rows = await pool.fetch(
             ROLLED_METRICS_BY_FLEET[resolution],
             list(dict.fromkeys(fleet_ids)),
             start,
             end,
-            MAX_METRIC_POINTS,
+            MAX_ROLLED_METRIC_POINTS,
             WIDTHS[resolution],
             list(DERIVED),
         )
-        entries = [_metric(row) | {"fleet_id": row["fleet_id"]} for row in rows]
-        derived: dict[tuple[str, datetime], dict[str, float]] = {}
-        if entries:
-            robots, buckets = [e["robot_id"] for e in entries], [e["timestamp"] for e in entries]
-            for row in await pool.fetch(ROLLED_DERIVED[resolution], robots, buckets):
-                derived[(row["robot_id"], row["bucket"])] = row["levels"]
-        for entry in entries:
-            levels = derived.get((entry["robot_id"], entry["timestamp"])) or {}
-            entry["battery_level"] = levels.get("batteryLevel")
-            entry["health_score"] = levels.get("healthScore")
-            entry["pose"] = None
-            found.setdefault((entry.pop("fleet_id"), start, end, resolution), []).append(entry)
+        for row in rows:
+            bucket = row["timestamp"]
+            stamp = stamps.get(bucket) or stamps.setdefault(bucket, bucket.isoformat())
+            # Plain dicts with the fields' own (snake_case) keys: the default resolvers read them.
+            entry = {
+                "name": row["name"],
+                "value": row["value"],
+                "unit": UNITS.get(row["name"]),
+                "timestamp": stamp,
+                "robot_id": row["robot_id"],
+                "battery_level": row["battery_level"],
+                "health_score": row["health_score"],
+                "pose": None,
+            }
+            found.setdefault((row["fleet_id"], start, end, resolution), []).append(entry)
     return [found.get(key, []) for key in keys]
 
 

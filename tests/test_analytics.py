@@ -9,6 +9,7 @@ from typing import Any
 
 from tests.seed_ids import ALPHA, BETA, DEV_FLEET, WAREHOUSE_FLEET
 from tests.support import DEMO, Api, request_work
+from tests.telemetry_support import send
 
 WAREHOUSE_BOT_04 = "70000000-0000-4000-8000-000000000004"
 PERFORMANCE = """
@@ -112,6 +113,47 @@ async def test_utilization_report_shares_of_the_status_history(api: Api) -> None
     assert report["offline"] == 0 and report["trackedSeconds"] > 2 * 6 * 86400
     assert {r["robotId"] for r in report["robots"]} == {ALPHA, BETA}
     assert 7 <= len(report["days"]) <= 8
+
+
+async def _seconds(api: Api, robot_id: str) -> dict[str, float]:
+    row = await api.resources.db.fetchrow(
+        "SELECT sum(maintenance_s) AS maintenance, sum(error_s) AS error FROM robot_utilization_daily "
+        "WHERE robot_id = $1 AND day >= $2",
+        robot_id,
+        (datetime.now(UTC) - timedelta(hours=4)).date(),
+    )
+    return dict(row)
+
+
+async def test_utilization_counts_status_changes_made_through_the_api(api: Api) -> None:
+    # Given BETA idle (its status rows), then set to MAINTENANCE by an operator and its fleet
+    # emergency-stopped, each 3 hours ago (the change rows moved back, as if made then)
+    now = datetime.now(UTC)
+    update = "mutation($r: ID!) { updateRobotStatus(robotId: $r, status: MAINTENANCE) { status } }"
+    assert (await api.data(update, {"r": BETA}))["updateRobotStatus"]["status"] == "MAINTENANCE"
+    await api.data("mutation($f: ID!) { emergencyStop(fleetId: $f) { id } }", {"f": WAREHOUSE_FLEET})
+    moved = await api.resources.db.execute(
+        "UPDATE robot_status_changes SET changed_at = $1 WHERE cause IN ('OPERATOR', 'EMERGENCY_STOP')",
+        now - timedelta(hours=3),
+    )
+    assert moved == "UPDATE 3"  # BETA, and the two robots of the warehouse fleet
+    # And BETA reporting ERROR itself an hour ago (a status row, and a REPORTED change row)
+    assert await send(
+        api, BETA, "status", {"status": "ERROR", "ts": (now - timedelta(hours=1)).isoformat()}
+    ) == ["stored"]
+    # When the view is refreshed (the worker does it every SEPULKI_UTILIZATION_REFRESH_S)
+    await api.components.telemetry.refresh_utilization()
+    # Then BETA spent 2 hours in MAINTENANCE, then an hour in ERROR, counted once each
+    after = await _seconds(api, BETA)
+    assert abs(after["maintenance"] - 2 * 3600) < 60
+    assert 3600 - 60 < after["error"] < 3600 + 60
+    report = (await api.data(UTILIZATION, {"fleet": DEV_FLEET, "range": last(1)}))["utilizationReport"]
+    assert report["maintenance"] > 0 and report["error"] > 0
+    # And the emergency stop counts for every robot of the stopped fleet
+    stopped = (await api.data(UTILIZATION, {"fleet": WAREHOUSE_FLEET, "range": last(1)}))["utilizationReport"]
+    assert stopped["maintenance"] > 0
+    for robot in ("70000000-0000-4000-8000-000000000003", WAREHOUSE_BOT_04):
+        assert abs((await _seconds(api, robot))["maintenance"] - 3 * 3600) < 60
 
 
 async def test_analytics_refuse_bad_input(api: Api) -> None:

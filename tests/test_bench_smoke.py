@@ -57,3 +57,19 @@ def test_bench_ingest_commits_every_message_of_a_small_round() -> None:
     committed = figures["ingest_committed_msgs_per_s"]
     assert (committed["lost"], committed["duplicated"]) == (0, 0)
     assert committed["value"] > 0 and committed["baseline"] > 0
+
+
+def test_bench_analytics_small_measures_every_query_against_its_raw_baseline() -> None:
+    _, figures = run_bench("bench.analytics", "--small", "--runs", "3", timeout=240)
+    assert figures["telemetry_copy_rows_per_s"]["rows"] >= 20_000  # and the development seed's
+    assert figures["rollup_build_s"]["value"] > 0
+    assert figures["bytes_per_raw_sample"]["value"] > 0
+    for name in ("fleetPerformance", "robotHealth", "batteryAnalytics", "utilizationReport"):
+        figure = figures[f"{name}_ms"]
+        assert figure["p95"] >= figure["p50"] > 0 and figure["baseline_p95"] > 0, name
+    # 30 days of a 20-robot fleet: daily buckets by default, the rolled-up cap when HOUR is asked.
+    picked, hourly = figures["bellows_30d_ms"], figures["bellows_30d_hour_ms"]
+    assert (picked["resolution"], hourly["resolution"]) == ("DAY", "HOUR")
+    assert 0 < picked["entries"] <= 1000 and hourly["entries"] == 1000
+    assert picked["baseline_entries"] == 5000
+    assert figures["drop_month_ms"]["rows"] > 0

@@ -64,7 +64,6 @@ class Unavailable(DomainError):
     code = "SERVICE_UNAVAILABLE"
 
 
-
 # The one payload policy (docs/architecture.md): a mutation whose payload has `errors` reports
 # there what the caller can fix by changing the input (BAD_USER_INPUT, NOT_FOUND, CONFLICT) or by
 # retrying later (SERVICE_UNAVAILABLE, a mail not sent). Who-may-do-this failures and throttling
