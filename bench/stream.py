@@ -368,11 +368,13 @@ async def api_server(
                     if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
                         break
                 if process.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the API did not start: see {data_dir / 'server.log'}")
+                    tail = (data_dir / "server.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"the API did not start:\n{tail}")
                 await asyncio.sleep(0.2)
         yield process.pid
     finally:
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         await process.wait()
         log.close()
 
