@@ -121,12 +121,15 @@ class SharedEventExecutor(ExecutorThrowingOnIncremental):
 
     results: ClassVar[_SharedResults]
     texts: ClassVar[_Texts]
+    # Whether a document selects viewer-dependent fields a set of permissions lacks, per
+    # (operation, permissions): thousands of dashboards subscribe with the same few documents.
+    per_viewer: ClassVar[dict[tuple[int, frozenset[Any]], tuple[Node, bool]]]
     _share_key: Any = _UNKNOWN
 
     @classmethod
     def for_app(cls) -> type[SharedEventExecutor]:
         """An executor class with caches of its own, for one application."""
-        return type(cls.__name__, (cls,), {"results": _SharedResults(), "texts": _Texts()})
+        return type(cls.__name__, (cls,), {"results": _SharedResults(), "texts": _Texts(), "per_viewer": {}})
 
     def _key(self) -> tuple[Any, ...] | None:
         """What makes two operations' results identical; None when this one shares nothing."""
@@ -148,7 +151,20 @@ class SharedEventExecutor(ExecutorThrowingOnIncremental):
 
     def _selects_per_viewer_fields(self, viewer: Viewer) -> bool:
         """Whether the operation (its fragments included) selects a field that answers this
-        viewer differently from others of the same permissions. Once per subscription."""
+        viewer differently from others of the same permissions. Once per document and set of
+        permissions (the operation node is kept with the answer, so its id stays its own)."""
+        cache = self.per_viewer
+        key = (id(self.operation), viewer.permissions)
+        known = cache.get(key)
+        if known is not None and known[0] is self.operation:
+            return known[1]
+        found = self._visit_per_viewer_fields(viewer)
+        if len(cache) >= 1024:
+            cache.clear()
+        cache[key] = (self.operation, found)
+        return found
+
+    def _visit_per_viewer_fields(self, viewer: Viewer) -> bool:
         type_info = TypeInfo(self.schema)
         found: list[bool] = []
 
