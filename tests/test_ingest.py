@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import io
+import logging
 import os
 import signal
 import socket
@@ -31,6 +33,8 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from app.core.channels import channels
 from app.infra import db as database
+from app.infra import logs
+from app.ingest import pipeline as pipeline_module
 from app.ingest.messages import RawMessage
 from app.ingest.mqtt import forget_session
 from app.ingest.pipeline import Pipeline
@@ -349,6 +353,77 @@ async def test_a_message_the_database_refuses_is_dead_lettered_and_the_rest_stor
 
 
 POISON = "c0000000-0000-4000-8000-00000000dead"
+
+
+async def test_log_lines_about_one_robot_carry_its_robot_id_in_json(settings: Settings) -> None:
+    """An unknown robot's messages and a message the database refuses are logged with the robot's
+    id in the JSON line's robot_id, not only in the message text."""
+
+    async def refuse(conn: asyncpg.Connection, acks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        raise asyncpg.DataError("refused by the command outbox")
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(logs.ContextFilter())
+    handler.setFormatter(logs.json_formatter())
+    logger = logging.getLogger("sepulki.ingest")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with Api.running(settings) as api:
+            await api.resources.db.execute(CLEAR_HISTORY)
+            async with Pipeline(api.resources.db, None, settings, apply_acks=refuse) as pipeline:
+                stray = orjson.dumps(telemetry(1))
+                ack = orjson.dumps({"commandId": POISON, "state": "RECEIVED"})
+                outcomes = await pipeline.submit(
+                    [
+                        RawMessage("mqtt", f"robots/{NOBODY}/telemetry", NOBODY, "telemetry", stray),
+                        RawMessage("mqtt", f"robots/{ALPHA}/commands/ack", ALPHA, "ack", ack),
+                    ]
+                )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [o.reason for o in outcomes] == ["unknown_robot", "storage_error"]
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    unknown = [line for line in lines if "unknown robot" in line["message"]]
+    refused = [line for line in lines if "not storable" in line["message"]]
+    assert len(unknown) == 1 and unknown[0]["robot_id"] == NOBODY
+    assert unknown[0]["logger"] == "sepulki.ingest" and unknown[0]["level"] == "INFO"
+    assert len(refused) == 1 and refused[0]["robot_id"] == ALPHA
+
+
+async def test_a_batch_whose_statement_goes_unanswered_is_retried_and_committed_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement that never returns (here: waiting on a robot row another transaction holds)
+    fails its attempt after ATTEMPT_TIMEOUT_S instead of stalling the writer; the batch is not
+    answered before a commit, and is stored once when the row is free again."""
+    monkeypatch.setattr(pipeline_module, "ATTEMPT_TIMEOUT_S", 0.5)
+    async with Api.running(settings) as api:
+        await api.resources.db.execute(CLEAR_HISTORY)
+        blocker = await asyncpg.connect(api.resources.settings.database_url)
+        try:
+            holding = blocker.transaction()
+            await holding.start()
+            await blocker.execute("SELECT 1 FROM robots WHERE id::text = $1 FOR UPDATE", ALPHA)
+            async with Pipeline(api.resources.db, None, settings) as pipeline:
+                sample = orjson.dumps(telemetry(1))
+                message = RawMessage("mqtt", f"robots/{ALPHA}/telemetry", ALPHA, "telemetry", sample)
+                answer = asyncio.ensure_future(pipeline.submit([message]))
+                await eventually(lambda: pipeline.metrics.batch_retries >= 2, what="two timed-out attempts")
+                assert not answer.done()  # not acknowledged while nothing is committed
+                await holding.rollback()
+                outcomes = await asyncio.wait_for(answer, 10)
+        finally:
+            await blocker.close()
+        # The first attempts' statements may still have run once the row was free: stored once.
+        assert outcomes[0].status in ("stored", "duplicate")
+        count = await api.resources.db.fetchval(
+            "SELECT count(*) FROM telemetry WHERE robot_id = $1 AND seq = 1", ALPHA
+        )
+        assert count == 1
 
 
 async def test_two_workers_writing_the_same_robots_do_not_deadlock(api: Api) -> None:

@@ -10,9 +10,11 @@ One writer task commits batches one after another, so batches (and their event i
 committed in arrival order, and the next batch fills while the previous one commits. A
 transient database error (connection lost, deadlock, serialization failure, shutdown) retries
 the batch with backoff for as long as the pipeline runs; the callers simply wait, and MQTT stops
-sending once its in-flight window is full. Any other error is narrowed down by splitting the batch
-until the one message that causes it is found; that message goes to dead_letters as
-`storage_error`, the rest are stored.
+sending once its in-flight window is full. Every attempt is bounded (ATTEMPT_TIMEOUT_S, checkout and
+statement together): a statement that is never answered fails the attempt instead of stalling the
+writer, and the connection it ran on is terminated, never handed back to the pool for reuse.
+Any other error is narrowed down by splitting the batch until the one message that causes it is
+found; that message goes to dead_letters as `storage_error`, the rest are stored.
 """
 
 from __future__ import annotations
@@ -53,9 +55,17 @@ from app.settings import Settings
 log = logging.getLogger("sepulki.ingest")
 
 KNOWN_ROBOTS = "SELECT id::text AS id, fleet_id::text AS fleet_id FROM robots WHERE deleted_at IS NULL"
+STOP_TIMEOUT_S = 10.0
+# A pool checkout waits at most this long: with the server restarting, a connect can go unanswered.
+ACQUIRE_TIMEOUT_S = 10.0
+# One attempt at a batch (robot lookup, checkout, statement): a batch takes milliseconds, so only a
+# statement nobody answers reaches it, and the retry then runs on a new connection.
+ATTEMPT_TIMEOUT_S = 20.0
+# A robot that is not (or no longer) registered is logged at most once per this interval: its
+# messages all go to dead_letters, and one line per message would flood the log.
+UNKNOWN_ROBOT_LOG_INTERVAL_S = 60.0
 # SQLSTATE classes worth retrying: connection, transaction rollback (deadlock, serialization),
 # insufficient resources, operator intervention (shutdown), system error.
-STOP_TIMEOUT_S = 10.0
 TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 
 
@@ -85,7 +95,10 @@ class RobotCache:
         return {i for i in ids if i in self.fleets}
 
     async def reload(self) -> None:
-        rows = await self._pool.fetch(KNOWN_ROBOTS)
+        # A checkout with a timeout: the pool's release after a failed or cancelled statement is
+        # bounded by it too (without one it would wait for the cancellation without limit).
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            rows = await conn.fetch(KNOWN_ROBOTS, timeout=ACQUIRE_TIMEOUT_S)
         self.fleets = {r["id"]: r["fleet_id"] for r in rows}
         self._loaded_at = time.monotonic()
         self._metrics.robot_cache_refreshes += 1
@@ -130,6 +143,7 @@ class Pipeline:
         self._after_commit = after_commit
         self.metrics = metrics or IngestMetrics()
         self.robots = RobotCache(pool, self.metrics)
+        self._unknown_logged: dict[str, float] = {}
         self._queue: deque[_Ticket] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
@@ -140,7 +154,6 @@ class Pipeline:
         self._writer: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._closing = False
-        self._conn: PoolConnectionProxy | None = None
         self.metrics.gauges["queued_messages"] = lambda: self._queued
         self.metrics.gauges["unpublished_batches"] = self._outbox.qsize
 
@@ -169,7 +182,6 @@ class Pipeline:
             except TimeoutError:
                 log.error("ingest: %d queued messages not committed at shutdown", self._queued)
         self._fail_queued()
-        await self._drop_connection()
         if self._publisher is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), STOP_TIMEOUT_S)
@@ -276,8 +288,9 @@ class Pipeline:
         attempt = 0
         while True:
             try:
-                await self._check_robots(entries)
-                written = await self._write(entries)
+                async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                    await self._check_robots(entries)
+                    written = await self._checked_out(entries)
                 break
             except Exception as exc:
                 if not transient(exc) or (self._closing and attempt >= 2):
@@ -308,45 +321,72 @@ class Pipeline:
         for e in entries:
             if e.robot_id is not None and e.robot_id not in known and type(e.item) is not Rejected:
                 e.item = Rejected(UNKNOWN_ROBOT, f"no robot {e.robot_id}")
+        now = time.monotonic()
+        for robot_id in wanted - known:
+            if now - self._unknown_logged.get(robot_id, -1e9) >= UNKNOWN_ROBOT_LOG_INTERVAL_S:
+                if len(self._unknown_logged) > 10_000:  # ids made up by a misbehaving sender
+                    self._unknown_logged.clear()
+                self._unknown_logged[robot_id] = now
+                # `extra`: a batch mixes robots, so the log context's robot_id is set per line.
+                extra = {"robot_id": robot_id}
+                log.info("ingest: messages of unknown robot %s dead-lettered", robot_id, extra=extra)
 
-    async def _write(self, entries: list[Entry]) -> Written:
+    async def _checked_out(self, entries: list[Entry]) -> Written:
+        """The batch written on a connection checked out for it alone. Not one held across
+        batches: when its server goes away asyncpg returns its holder to the pool at once and
+        another task (the rule evaluator) connects through it, while the pipeline would still hold
+        the stale proxy. A checkout costs no round trip (app.infra.db's reset)."""
+        conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
         try:
-            conn = await self._connection()
+            return await self._write(conn, entries)
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or transient(exc):
+                # Broken, or cancelled by the attempt's timeout in the middle of a statement: the
+                # pool's reset would wait on it (ROLLBACK, the cancel request), so it is dropped;
+                # the holder goes back to the pool without it and connects anew when next used.
+                with contextlib.suppress(asyncpg.InterfaceError):  # already gone with the server
+                    conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)
+
+    async def _write(self, conn: PoolConnectionProxy, entries: list[Entry]) -> Written:
+        try:
             if any(type(e.item) is CommandAck for e in entries):
                 async with conn.transaction():
-                    return await write_batch(conn, entries, self._apply_acks)
-            return await write_batch(conn, entries, self._apply_acks)  # one statement: atomic
+                    return await self._statement(conn, entries)
+            return await self._statement(conn, entries)  # one statement: atomic
         except Exception as exc:
             if transient(exc):
-                await self._drop_connection()
                 raise
             if len(entries) == 1:
                 entry = entries[0]
                 if type(entry.item) is Rejected and entry.item.reason == STORAGE_ERROR:
                     raise
-                log.warning("ingest: message on %s not storable: %r", entry.raw.topic, exc)
+                log.warning(
+                    "ingest: message on %s not storable: %r",
+                    entry.raw.topic,
+                    exc,
+                    extra={"robot_id": entry.robot_id},
+                )
                 entry.item = Rejected(STORAGE_ERROR, f"{type(exc).__name__}: {exc}"[:500])
-                return await self._write(entries)
+                return await self._write(conn, entries)
             half = len(entries) // 2
-            first, second = await self._write(entries[:half]), await self._write(entries[half:])
+            first, second = await self._write(conn, entries[:half]), await self._write(conn, entries[half:])
             return Written(
                 first.publications + second.publications, first.command_changes + second.command_changes
             )
 
-    async def _connection(self) -> PoolConnectionProxy:
-        """The writer's own connection, held while the pipeline runs: a pool checkout per batch
-        costs a reset round trip on release, and batches never run concurrently anyway."""
-        if self._conn is None or self._conn.is_closed():
-            # Bounded: with the server restarting, a checkout can wait on a connect that is never
-            # answered; the batch's retry loop tries again instead.
-            self._conn = await self._pool.acquire(timeout=10)
-        return self._conn
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await self._pool.release(conn)
+    async def _statement(self, conn: PoolConnectionProxy, entries: list[Entry]) -> Written:
+        try:
+            return await write_batch(conn, entries, self._apply_acks)
+        except asyncio.CancelledError:
+            # The attempt's timeout (or the stop): the statement may still run on the server, and
+            # the transaction's ROLLBACK or the pool's reset would wait for it without a bound.
+            # Terminated here, before either runs; they then fail at once on a closed connection.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+            raise
 
     def _fail_queued(self) -> None:
         while self._queue:

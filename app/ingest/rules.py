@@ -58,6 +58,9 @@ DELETE FROM edict_rule_state s USING unnest($1::uuid[], $2::uuid[]) AS u(edict_i
 WHERE s.edict_id = u.edict_id AND s.robot_id = u.robot_id
 """
 LOCK_NAMESPACE = 0x5E9_ED1C
+# A round's checkout waits at most this long (a connect to a restarting server can go unanswered),
+# and so does the pool's release of its connection after a failed round.
+ACQUIRE_TIMEOUT_S = 10.0
 
 
 def robot_lock(robot_id: str) -> int:
@@ -179,7 +182,7 @@ class RuleEngine:
 
     async def _evaluate(self, work: dict[str, tuple[list[Sample], Candidates]]) -> None:
         recorded = alerts.Recorded([], [])
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             states = await self._lock_and_load(conn, list(work))
             saved, dropped = [], []
             with_state: dict[str, set[str]] = {}
@@ -265,7 +268,7 @@ class RuleEngine:
         if not work:
             return
         recorded = alerts.Recorded([], [])
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             states = await self._lock_and_load(conn, list(work))
             saved = []
             for robot_id, edicts in work.items():

@@ -110,10 +110,9 @@ async def test_a_killed_ingest_worker_loses_and_duplicates_nothing(
 
 @pytest.mark.xfail(
     reason=(
-        "known bug: when the edict evaluator's transaction breaks in the same instant as the "
-        "ingest's batch, the ingest's writer can stall for over a minute after PostgreSQL comes "
-        "back (its third retry never returns); the batch stays unacknowledged at the broker "
-        "(docs/operations.md, Faults)"
+        "known bug: about 1 run in 30 stores 1800 of 2000 after PostgreSQL's immediate stop and "
+        "start, with the ingest's writer committing on its next attempt; the loss is outside the "
+        "writer's retry path and not yet found (docs/operations.md, Fault suite)"
     ),
     strict=False,
 )
@@ -130,7 +129,12 @@ async def test_postgresql_stopped_immediately_and_started_loses_nothing_and_the_
     robots = Robots(broker.url)
     async with (
         Api.running(base_settings.replace(database_url=url)) as api,
-        running_ingest(url, broker.url, tmp_path, mqtt_subscription="exclusive") as ingest,
+        # The edict evaluator goes to the pool five times a second (its missing-data check), so
+        # its round breaks in the same instant as the writer's batch in every run: the case in
+        # which the writer used to stall on the shared pool.
+        running_ingest(
+            url, broker.url, tmp_path, mqtt_subscription="exclusive", edict_missing_check_s="0.2"
+        ) as ingest,
     ):
         await robots.connect()
         await robots.publish(MESSAGES // 2)
