@@ -140,8 +140,11 @@ class Dispatcher:
                 except _DB_ERRORS as exc:
                     log.warning("command dispatcher: %s; reconnecting", exc)
                     await self._conn.close()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that arrives as the wake-up does, and the loop would then outlive its shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S)
+                    async with asyncio.timeout(DISPATCH_POLL_S):
+                        await self._wake.wait()
         finally:
             await self._conn.close()
 

@@ -58,8 +58,11 @@ class Notifier:
                 except _DB_ERRORS as exc:
                     log.warning("notification worker: %s; reconnecting", exc)
                     await self._conn.close()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that arrives as the wake-up does, and the loop would then outlive its shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.notify_poll_s)
+                    async with asyncio.timeout(self._settings.notify_poll_s):
+                        await self._wake.wait()
         finally:
             await self._conn.close()
             await self._http.aclose()

@@ -16,6 +16,8 @@ class Runner(Protocol):
 
 
 R = TypeVar("R", bound=Runner)
+# How long a cancelled component has to stop before it is cancelled again.
+CANCEL_GRACE_S = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -28,8 +30,13 @@ async def running(
     try:
         yield runner
     finally:
-        task.cancel()
+        # Cancelled again while it keeps running: library code that swallows one cancellation
+        # (Python 3.11's wait_for, racing a wake-up) must not hold the process's shutdown for ever.
+        # (asyncio.wait neither raises at its timeout nor hides a cancellation of this block.)
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await task  # done: re-raises what the component failed with, if anything else
         if close is not None:
             await close()

@@ -52,8 +52,11 @@ class TaskWorker:
                     await self._conn.close()
                 except Exception:  # a bug must not stop tasks from moving: log it, try next pass
                     log.exception("task worker pass failed")
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that arrives as the wake-up does, and the loop would then outlive its shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), interval)
+                    async with asyncio.timeout(interval):
+                        await self._wake.wait()
         finally:
             await self._conn.close()
 
