@@ -17,7 +17,7 @@ passes the last id it saw as `?lastEventId=`.
 Authentication: `Authorization: Bearer <access token>`, the same token and checks as GraphQL,
 with the VIEW_BELLOWS permission. Browsers' `EventSource` cannot set headers, so `?access_token=`
 is accepted too. The trade-off: a token in a URL can end up in access logs, proxy logs and
-browser history (uvicorn's access log records query strings), where a header would not. It is
+browser history (our own access log masks it; a proxy's may not), where a header would not. It is
 only ever an access token, never a refresh token: it expires (SEPULKI_ACCESS_TOKEN_TTL_S) and a
 revoked session opens no new stream; deployments should keep query strings of this path out of
 their logs. An open stream checks its token once, when it opens, and ends when the token expires
