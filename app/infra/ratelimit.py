@@ -21,7 +21,7 @@ import bisect
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 from limits import RateLimitItem, parse
@@ -46,7 +46,6 @@ REDIS_TIMEOUT_S = 1.0
 StorageState = Literal["ok", "down"]
 # What one limiter call does with a strategy: answers the seconds to wait, or None.
 _Op = Callable[[Strategy, RateLimitItem, str, str], Awaitable[float | None]]
-_RULES = ("login_ip", "login_account", "login_lockout", "mail_ip", "mail_account", "request_ip")
 # Rules counted by a sliding-window counter instead of a moving window (see above).
 COUNTER_RULES = frozenset({"request_ip"})
 
@@ -103,10 +102,10 @@ def _key(value: str) -> str:
     return hashlib.sha256(value.strip().lower().encode()).hexdigest()[:32]
 
 
-def _strategies(storage: Storage) -> dict[str, Strategy]:
+def _strategies(storage: Storage, rules: Iterable[str]) -> dict[str, Strategy]:
     """Each rule's strategy over one storage."""
     moving, counter = MovingWindowRateLimiter(storage), SlidingWindowCounterRateLimiter(storage)
-    return {name: counter if name in COUNTER_RULES else moving for name in _RULES}
+    return {name: counter if name in COUNTER_RULES else moving for name in rules}
 
 
 def _halved(item: RateLimitItem) -> RateLimitItem:
@@ -166,9 +165,9 @@ class RateLimiter:
             if not isinstance(storage, Storage):
                 raise ValueError("SEPULKI_RATE_LIMIT_STORAGE_URL must name an asyncio storage (async+...)")
             self._storage = storage
-            self._shared = _strategies(storage)
+            self._shared = _strategies(storage, self._rules)
         # Memory: the only storage, or the fallback of the shared one at half the limits.
-        self._local = _strategies(_MemoryStorage())
+        self._local = _strategies(_MemoryStorage(), self._rules)
         self._local_rules = {
             name: _halved(item) if item is not None and self._shared is not None else item
             for name, item in self._rules.items()
