@@ -30,6 +30,7 @@ from app.infra.db import Connection, Pool, fetch_by_ids, returned
 STATES = ("OPEN", "ACKNOWLEDGED", "RESOLVED")
 MAX_NOTE = 2000
 COMMAND_ACTIONS = {"THROTTLE": "THROTTLE", "EMERGENCY_STOP": "EMERGENCY_STOP"}
+WEBHOOK_EVENTS = {"acknowledgeAlert": "alert.acknowledged", "resolveAlert": "alert.resolved"}
 
 INSERT_VIOLATION = """
 INSERT INTO policy_violations (edict_id, robot_id, fleet_id, severity, message, data, created_at)
@@ -209,6 +210,7 @@ async def record_clear(conn: Connection, edict_id: str, robot_id: str, at: datet
     for row in rows:
         await conn.execute(RESOLVE_VIOLATIONS, row["id"], None)
         events.append(await _alert_event(conn, dict(row)))
+        await notifications.alert_changed(conn, dict(row), "alert.resolved")
     return Recorded(events, [])
 
 
@@ -268,6 +270,7 @@ async def _change(
         alert = dict(returned(await conn.fetchrow(sql, alert_id, viewer.id, *args)))
         if action == "resolveAlert":
             await conn.execute(RESOLVE_VIOLATIONS, alert_id, viewer.id)
+        await notifications.alert_changed(conn, alert, WEBHOOK_EVENTS[action])
         event = await _alert_event(conn, alert)
         await audit.record(conn, ctx, viewer.id, action, "Alert", alert_id, {"state": alert["state"]})
     await ctx.events.publish_recorded([event])

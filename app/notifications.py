@@ -47,7 +47,7 @@ FROM unnest($1::uuid[], $5::text[]) AS u(smith_id, email)
 """
 INSERT_WEBHOOK_CALLS = """
 INSERT INTO notification_deliveries (channel, webhook_id, alert_id, event, payload)
-SELECT 'WEBHOOK', w.id, $1, 'alert.opened', $2
+SELECT 'WEBHOOK', w.id, $1, $5, $2
 FROM webhooks w
 WHERE w.active AND $3 = ANY(w.severities)
   AND (cardinality(w.fleets) = 0 OR $4::uuid = ANY(w.fleets))
@@ -102,11 +102,26 @@ async def fan_out(conn: Connection, alert: dict[str, Any], edict_name: str) -> l
         await conn.execute(
             INSERT_EMAILS, [r["id"] for r in mailed], alert["id"], title, body, [r["email"] for r in mailed]
         )
-    payload = jsonable({"event": "alert.opened", "alert": {k: v for k, v in alert.items() if k != "opened"}})
-    calls = await conn.fetch(INSERT_WEBHOOK_CALLS, alert["id"], payload, severity, fleet_id)
+    calls = await _webhook_calls(conn, alert, "alert.opened")
     if mailed or calls:
         await conn.execute(DELIVERIES_NOTIFY)
     return events
+
+
+async def _webhook_calls(conn: Connection, alert: dict[str, Any], event: str) -> int:
+    payload = jsonable({"event": event, "alert": {k: v for k, v in alert.items() if k != "opened"}})
+    rows = await conn.fetch(
+        INSERT_WEBHOOK_CALLS, alert["id"], payload, alert["severity"], alert["fleet_id"], event
+    )
+    return len(rows)
+
+
+async def alert_changed(conn: Connection, alert: dict[str, Any], event: str) -> None:
+    """Webhook calls of an alert acknowledged or resolved (`alert.acknowledged`, `alert.resolved`),
+    in the caller's transaction: an incident tool that opened a page on `alert.opened` can close
+    it. People are told only of openings; the alert's own state is in the app for them."""
+    if await _webhook_calls(conn, alert, event):
+        await conn.execute(DELIVERIES_NOTIFY)
 
 
 # --- GraphQL -----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import uvicorn
 from broadcaster import Broadcast
 from websockets.asyncio.client import connect
 
+from app import alerts
 from app.infra import db, seed
 from app.infra.bus import Events
 from app.infra.security import Passwords
@@ -207,6 +208,21 @@ async def latency(
     committed_at: dict[int, float] = {}
     got: list[float] = []
     after_commit: list[float] = []
+    # Stages of each breach: the evaluator's transaction committed (its events about to be
+    # published), then the subscriber's receipt.
+    evaluated_at: dict[int, float] = {}
+    stages: dict[str, list[float]] = {"commit_to_evaluated": [], "evaluated_to_subscriber": []}
+    publish = alerts.publish
+
+    async def timed_publish(events: Any, recorded: alerts.Recorded) -> None:
+        now = time.perf_counter()
+        for event in recorded.events:
+            values = (event.payload.get("data") or {}).get("values") or {}
+            if "battery_level" in values and any(c.startswith("breaches") for c in event.channels):
+                evaluated_at[int(round(values["battery_level"] * 1000))] = now
+        await publish(events, recorded)
+
+    alerts.publish = timed_publish  # type: ignore[assignment]
     stop = asyncio.Event()
     seq = iter(range(10_000_000, 20_000_000))
     clock = datetime.now(UTC) - timedelta(minutes=30)
@@ -246,6 +262,9 @@ async def latency(
                     now = time.perf_counter()
                     got.append(now - sent_at[key])
                     after_commit.append(now - committed_at.get(key, now))
+                    if key in evaluated_at and key in committed_at:
+                        stages["commit_to_evaluated"].append(evaluated_at[key] - committed_at[key])
+                        stages["evaluated_to_subscriber"].append(now - evaluated_at[key])
                     if len(got) >= count:
                         return
 
@@ -263,6 +282,14 @@ async def latency(
         await asyncio.wait_for(reader, 30)
         stop.set()
         await load
+    alerts.publish = publish  # type: ignore[assignment]
+    for stage, values in stages.items():
+        ms = [v * 1000 for v in values]
+        emit(
+            figure=f"breach_stage_{stage}_ms",
+            p50=round(percentile(ms, 0.5), 1),
+            p99=round(percentile(ms, 0.99), 1),
+        )
     return got, after_commit
 
 

@@ -36,9 +36,7 @@ async def resolve_reset_password(_: Any, info: Info, email: str) -> bool:
 
 
 @mutation.field("confirmPasswordReset")
-async def resolve_confirm_password_reset(
-    _: Any, info: Info, token: str, new_password: str
-) -> dict[str, Any]:
+async def resolve_confirm_password_reset(_: Any, info: Info, token: str, new_password: str) -> dict[str, Any]:
     work = accounts.confirm_password_reset(info.context, token, new_password)
     return await payload("smith", work)
 
@@ -56,17 +54,13 @@ async def resolve_change_password(_: Any, info: Info, old: str, new: str) -> dic
 
 
 @mutation.field("inviteSmith")
-async def resolve_invite_smith(
-    _: Any, info: Info, email: str, role: str = "SMITH"
-) -> dict[str, Any]:
+async def resolve_invite_smith(_: Any, info: Info, email: str, role: str = "SMITH") -> dict[str, Any]:
     viewer = await info.context.require()
     return await payload("invitation", accounts.invite(info.context, viewer, email, role))
 
 
 @mutation.field("updateSmithRole")
-async def resolve_update_smith_role(
-    _: Any, info: Info, smith_id: str, role: str
-) -> dict[str, Any]:
+async def resolve_update_smith_role(_: Any, info: Info, smith_id: str, role: str) -> dict[str, Any]:
     viewer = await info.context.require()
     return await payload("smith", smith_admin.update_role(info.context, viewer, smith_id, role))
 

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from app.infra import db, seed
 from app.infra.security import Passwords
 from app.settings import Settings
 from tests.mailsink import SmtpSink
-from tests.servers import MosquittoServer, PostgresServer, RedisServer, admin_execute
+from tests.servers import MosquittoServer, PostgresServer, RedisServer
 from tests.support import Api
-
-TEMPLATE = "sepulki_template"
-_counter = itertools.count()
+from tests.template import SeededTemplate, with_db
 
 
 @pytest.fixture(scope="session")
@@ -75,29 +71,18 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
-def _with_db(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
-
 @pytest.fixture(scope="session")
-async def template_url(postgres_url: str, base_settings: Settings) -> str:
-    """A database migrated and seeded once; every test gets a copy."""
-    await admin_execute(
-        postgres_url, f'DROP DATABASE IF EXISTS "{TEMPLATE}"', f'CREATE DATABASE "{TEMPLATE}"'
-    )
-    url = _with_db(postgres_url, TEMPLATE)
-    await db.migrate(url)
-    await seed.load(url, Passwords(base_settings))
-    return url
+async def template(postgres_url: str, base_settings: Settings) -> AsyncIterator[SeededTemplate]:
+    seeded = SeededTemplate(postgres_url, Passwords(base_settings))
+    yield seeded
+    await seeded.close()
 
 
 @pytest.fixture
-async def database_url(postgres_url: str, template_url: str) -> AsyncIterator[str]:
-    name = f"sepulki_test_{os.getpid()}_{next(_counter)}"
-    await admin_execute(postgres_url, f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
-    yield _with_db(postgres_url, name)
-    await admin_execute(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+async def database_url(postgres_url: str, template: SeededTemplate) -> AsyncIterator[str]:
+    name = await template.copy()
+    yield with_db(postgres_url, name)
+    await template.drop(name)
 
 
 @pytest.fixture

@@ -149,9 +149,7 @@ _NOT_THE_REQUESTS_WORK = ("pg_catalog", "pg_type", "typeinfo_tree", "'jit'", "pg
 def request_work(statements: list[str]) -> list[str]:
     """The statements that answer the query itself: no driver upkeep, no viewer check."""
     return [
-        s
-        for s in statements
-        if s != VIEWER_SQL and not any(marker in s for marker in _NOT_THE_REQUESTS_WORK)
+        s for s in statements if s != VIEWER_SQL and not any(marker in s for marker in _NOT_THE_REQUESTS_WORK)
     ]
 
 

@@ -42,10 +42,14 @@ subscription($fleetId: ID, $after: String) {
   alertUpdates(fleetId: $fleetId, after: $after) { id state occurrences eventId }
 }
 """
-ACKNOWLEDGE = "mutation($id: ID!) { acknowledgeAlert(id: $id) { id state acknowledgedBy } }"
-RESOLVE = (
-    "mutation($id: ID!, $note: String) { resolveAlert(id: $id, note: $note) { id state resolutionNote } }"
+ACKNOWLEDGE = (
+    "mutation($id: ID!) { acknowledgeAlert(id: $id) { id state acknowledgedBy acknowledger { id name } } }"
 )
+RESOLVE = """
+mutation($id: ID!, $note: String) {
+  resolveAlert(id: $id, note: $note) { id state resolutionNote resolver { id } }
+}
+"""
 PREFERENCES = """
 mutation($input: NotificationPreferencesInput!) {
   updateNotificationPreferences(input: $input) { severities channels fleets }
@@ -95,7 +99,8 @@ async def test_low_battery_opens_one_alert_despite_jitter_and_resolves_when_char
 
         # The operator takes it on.
         acked = (await api.data(ACKNOWLEDGE, {"id": alert["id"]}, as_=DEV))["acknowledgeAlert"]
-        assert acked["state"] == "ACKNOWLEDGED" and acked["acknowledgedBy"] is not None
+        assert acked["state"] == "ACKNOWLEDGED" and acked["acknowledgedBy"] == DEV_ID
+        assert acked["acknowledger"]["id"] == DEV_ID
         assert await api.error_codes(ACKNOWLEDGE, {"id": alert["id"]}, as_=DEV) == ["CONFLICT"]
 
         # Charging: 23 is still within the hysteresis (20 + 5), 26 clears it.
@@ -113,26 +118,32 @@ async def test_low_battery_opens_one_alert_despite_jitter_and_resolves_when_char
             "SELECT resolved FROM policy_violations WHERE alert_id = $1", alert["id"]
         )
 
-        # One mail to the on-call smith, one signed POST to the webhook.
+        # One mail to the on-call smith; the webhook is told of the opening, the
+        # acknowledgement and the resolution, each call signed.
         mail = await smtp_sink.wait_for(DEV[0])
         assert "Battery low (on call)" in str(mail["Subject"]) and ALPHA in mail.get_content()
-        await eventually(lambda: _count(receiver.calls), what="webhook called")
+        await eventually(lambda: _has(receiver.calls, 3), what="three webhook calls")
         await settled(api, "SELECT count(*) FROM notification_deliveries WHERE state = 'DELIVERED'")
     assert len(smtp_sink.to(DEV[0])) == 1
-    assert len(receiver.calls) == 1
-    call = receiver.calls[0]
-    assert webhooks.verify(added["secret"], call.body, call.headers["x-sepulki-signature"])
-    assert not webhooks.verify("whsec_other", call.body, call.headers["x-sepulki-signature"])
-    assert call.headers["x-sepulki-event"] == "alert.opened"
-    assert receiver.bodies()[0]["alert"]["id"] == alert["id"]
+    assert len(receiver.calls) == 3
+    for call in receiver.calls:
+        assert webhooks.verify(added["secret"], call.body, call.headers["x-sepulki-signature"])
+        assert not webhooks.verify("whsec_other", call.body, call.headers["x-sepulki-signature"])
+    told = sorted((b["event"], b["alert"]["id"], b["alert"]["state"]) for b in receiver.bodies())
+    assert told == [
+        ("alert.acknowledged", alert["id"], "ACKNOWLEDGED"),
+        ("alert.opened", alert["id"], "OPEN"),
+        ("alert.resolved", alert["id"], "RESOLVED"),
+    ]
+    assert sorted(c.headers["x-sepulki-event"] for c in receiver.calls) == [t[0] for t in told]
 
 
 async def _listening(live: Live, channel: str) -> bool:
     return live.api.resources.events.subscribers(channel) > 0
 
 
-async def _count(items: list) -> int:
-    return len(items)
+async def _has(items: list, count: int) -> bool:
+    return len(items) >= count
 
 
 async def test_speeding_robot_is_throttled_through_the_command_outbox(live: Live) -> None:
@@ -208,6 +219,7 @@ async def test_a_flapping_robot_counts_repeats_on_one_alert_and_an_operator_reso
         "id": alert["id"],
         "state": "RESOLVED",
         "resolutionNote": "battery swapped",
+        "resolver": {"id": DEV_ID},
     }
     assert await api.error_codes(RESOLVE, {"id": alert["id"]}, as_=DEV) == ["CONFLICT"]
     unknown = "a0000000-0000-4000-8000-000000000099"

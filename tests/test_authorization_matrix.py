@@ -52,6 +52,7 @@ from app.web.errors import error_formatter
 from app.web.graphql_app import build_schema
 from tests.seed_ids import ADMIN_ID, ALPHA, DEV_FLEET, PICK_TASK
 from tests.support import ROOT, Api
+from tests.template import SeededTemplate
 
 ANONYMOUS = "ANONYMOUS"
 CALLERS = (ANONYMOUS, Role.SMITH.value, Role.OVER_SMITH.value, Role.ADMIN.value)
@@ -232,9 +233,10 @@ class Callers:
 
 
 @pytest.fixture(scope="module")
-async def callers(postgres_url: str, template_url: str, base_settings: Settings) -> AsyncIterator[Callers]:
-    template = template_url.rpartition("/")[2]
-    async with private_database(postgres_url, template, "matrix") as url:
+async def callers(
+    postgres_url: str, template: SeededTemplate, base_settings: Settings
+) -> AsyncIterator[Callers]:
+    async with private_database(postgres_url, await template.name(), "matrix") as url:
         async with Api.running(generous(base_settings, url)) as api:
             running = Callers(api)
             await running.create("matrix")
@@ -351,6 +353,8 @@ NESTED: dict[str, tuple[str, str]] = {
         f'{{ task(id: "{PICK_TASK}") {{ transitions {{ edges {{ node {{ smith {{ id %s }} }} }} }} }} }}',
     ),
     "ScheduledTask.createdBy": ("scheduledTasks", "{ scheduledTasks { createdBy { id %s } } }"),
+    "Alert.acknowledger": ("alerts", "{ alerts { edges { node { acknowledger { id %s } } } } }"),
+    "Alert.resolver": ("alerts", "{ alerts { edges { node { resolver { id %s } } } } }"),
     "AuditLog.smith": (
         "auditLogs",
         f'{{ auditLogs(first: 5, filter: {{smithId: "{ADMIN_ID}"}}) '
@@ -371,8 +375,8 @@ NESTED_CASES = [(path, field, caller) for path in NESTED for field in SMITH_FIEL
 
 @pytest.fixture(scope="module")
 async def authored(callers: Callers) -> Callers:
-    """A command, an audit row and a robot status change of the seed's admin, besides the seed's
-    floors, tasks, sepulkas."""
+    """A command, an audit row, a robot status change and an alert handled by the seed's admin,
+    besides the seed's floors, tasks, sepulkas."""
     db = callers.api.resources.db
     await db.execute(
         "INSERT INTO robot_commands (robot_id, type, issued_by, expires_at) "
@@ -400,6 +404,15 @@ async def authored(callers: Callers) -> Callers:
         "INSERT INTO robot_status_changes (robot_id, from_status, to_status, cause, actor_id) "
         "VALUES ($1, 'WORKING', 'CHARGING', 'OPERATOR', $2)",
         ALPHA,
+        ADMIN_ID,
+    )
+    await db.execute(
+        "INSERT INTO alerts (edict_id, robot_id, fleet_id, severity, message, first_at, last_at, state, "
+        "acknowledged_by, acknowledged_at, resolved_by, resolved_at) "
+        "SELECT id, $1, $2, 'WARNING', 'battery low', now(), now(), 'RESOLVED', $3, now(), $3, now() "
+        "FROM edicts ORDER BY id LIMIT 1",
+        ALPHA,
+        DEV_FLEET,
         ADMIN_ID,
     )
     return callers

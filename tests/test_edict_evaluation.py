@@ -3,7 +3,9 @@ and rule state that outlives the process evaluating it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -110,3 +112,31 @@ async def test_rule_state_survives_a_restart_of_the_evaluating_process(settings:
         await robot.battery(13)
         (breach,) = await eventually(lambda: breaches(second, low), what="third sample breaches")
         assert "battery_level 13" in breach["message"]
+
+
+async def test_two_ingest_workers_sharing_a_robots_samples_count_them_in_one_state(
+    settings: Settings,
+) -> None:
+    # MQTT shared subscriptions spread one robot's messages over the ingest workers: the debounce
+    # must count the samples of both, and the breach happen once.
+    rules = battery_rules(20, debounce={"samples": 3})
+    async with Api.running(fast(settings)) as one, Api.running(fast(settings)) as other:
+        await one.data(DEACTIVATE, {"id": BATTERY_EDICT}, as_=ADMIN)
+        low = await edict(one, "Battery low", rules, appliesTo={"robots": [ALPHA]})
+        robot = Robot(one, ALPHA)
+        await robot.battery(15)
+        robot.api = other
+        await robot.battery(14)
+        counted = "SELECT state->>'n' FROM edict_rule_state WHERE edict_id = $1 AND robot_id = $2"
+        assert await settled(one, counted, low, ALPHA) == "2"
+        assert await breaches(one, low) == []
+        # The third sample below, and more, through both at once.
+        robot.api = one
+        also = Robot(other, ALPHA)
+        also.clock = robot.clock + timedelta(milliseconds=500)
+        await asyncio.gather(robot.battery(13, 11), also.battery(12, 10))
+        (breach,) = await eventually(lambda: breaches(one, low), what="the third sample breaches")
+        assert await settled(one, "SELECT count(*) FROM policy_violations WHERE edict_id = $1", low) == 1
+        alerts = await rows(one, "SELECT state, occurrences FROM alerts WHERE edict_id = $1", low)
+        assert alerts == [{"state": "OPEN", "occurrences": 1}]
+        assert breach["robot_id"] == ALPHA

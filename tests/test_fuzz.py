@@ -51,6 +51,7 @@ from tests.seed_ids import (
     WAREHOUSE_SEPULKA,
 )
 from tests.support import Api
+from tests.template import SeededTemplate
 from tests.test_authorization_matrix import INSERT_SESSION, declared, generous, private_database
 
 EXAMPLES = int(os.environ.get("SEPULKI_FUZZ_EXAMPLES", "0")) or None
@@ -375,11 +376,12 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-async def target(postgres_url: str, template_url: str, base_settings: Settings) -> AsyncIterator[Target]:
+async def target(
+    postgres_url: str, template: SeededTemplate, base_settings: Settings
+) -> AsyncIterator[Target]:
     # Module scope: one database and app for the whole run, so no function-scoped fixture is
     # shared between Hypothesis examples (each example gets its own session instead).
-    template = template_url.rpartition("/")[2]
-    async with private_database(postgres_url, template, "fuzz") as url:
+    async with private_database(postgres_url, await template.name(), "fuzz") as url:
         async with Api.running(generous(base_settings, url)) as api:
             email = f"fuzzer-{uuid.uuid4().hex[:8]}@sepulki.com"
             await api.create_smith(email, "ADMIN")

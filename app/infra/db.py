@@ -14,6 +14,7 @@ from typing import Any, TypeAlias, TypeVar, cast, overload
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from pogo_core.util import migrate as pogo
+from pogo_core.util import sql as pogo_sql
 
 from app.settings import ASSETS
 
@@ -110,10 +111,21 @@ async def acquire_stateful(pool: Pool) -> PoolConnectionProxy:
     return proxy
 
 
+def _migration_ids(migrations: Path) -> set[str]:
+    """The ids pogo gives the migrations of the folder (their file names' stems)."""
+    return {path.stem for path in migrations.iterdir() if path.suffix in {".py", ".sql"}}
+
+
 async def migrate(dsn: str, migrations: Path = MIGRATIONS) -> None:
     """Apply pending migrations in order; running it again is a no-op."""
     conn = await asyncpg.connect(dsn)
     try:
+        # pogo parses every migration file (sqlparse) before it skips the applied ones: about a
+        # third of a second per start for nothing once the database is up to date.
+        await pogo_sql.ensure_pogo_sync(conn)
+        applied = await pogo_sql.get_applied_migrations(conn, schema_name="public")
+        if await asyncio.to_thread(_migration_ids, migrations) <= applied:
+            return
         await pogo.apply(conn, migrations, schema_name="public", logger=log)
     finally:
         await conn.close()

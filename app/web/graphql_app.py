@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -71,9 +72,13 @@ def _permission_line(field: GraphQLField) -> str | None:
     return None
 
 
+@functools.cache
 def build_schema() -> GraphQLSchema:
     """The executable schema; every field with a permission directive says so in its description
-    (its last line, `Requires: ...`), so GraphiQL's docs and generated clients show it."""
+    (its last line, `Requires: ...`), so GraphiQL's docs and generated clients show it.
+
+    Built once per process: it holds no per-app state (resolvers reach the app through the
+    context), and parsing the SDL costs a few hundred milliseconds."""
     from resolvers import bindables
 
     type_defs = load_schema_from_path(str(SCHEMA_DIR))
