@@ -211,7 +211,11 @@ async def latency(
     # Stages of each breach: the evaluator's transaction committed (its events about to be
     # published), then the subscriber's receipt.
     evaluated_at: dict[int, float] = {}
-    stages: dict[str, list[float]] = {"commit_to_evaluated": [], "evaluated_to_subscriber": []}
+    stages: dict[str, list[float]] = {
+        "submit_to_commit": [],
+        "commit_to_evaluated": [],
+        "evaluated_to_subscriber": [],
+    }
     publish = alerts.publish
 
     async def timed_publish(events: Any, recorded: alerts.Recorded) -> None:
@@ -263,6 +267,7 @@ async def latency(
                     got.append(now - sent_at[key])
                     after_commit.append(now - committed_at.get(key, now))
                     if key in evaluated_at and key in committed_at:
+                        stages["submit_to_commit"].append(committed_at[key] - sent_at[key])
                         stages["commit_to_evaluated"].append(evaluated_at[key] - committed_at[key])
                         stages["evaluated_to_subscriber"].append(now - evaluated_at[key])
                     if len(got) >= count:
@@ -339,7 +344,7 @@ async def main(args: argparse.Namespace) -> None:
             argon2_time_cost=1,
             argon2_memory_kib=1024,
         )
-        app = create_app(settings)
+        app = create_app(settings, owns_process=True)  # as `sepulki serve` runs it (app.infra.heap)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
