@@ -35,17 +35,24 @@ ORDER BY t.priority DESC, t.created_at, t.id
 LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
+
+
 # Eligible: IDLE or WORKING (a robot busy outside any task may take one), not deleted, battery at
 # least the minimum, no open run. IDLE first; robots that already failed this task last; then the
 # score (docs/tasks.md).
-ELIGIBLE = """
-r.fleet_id = $1 AND r.deleted_at IS NULL AND r.status IN ('IDLE', 'WORKING')
-  AND coalesce(r.battery_level, 100) >= $2
+def _eligible(fleet: str, min_battery: str) -> str:
+    """The condition on robots `r`, with the statement's own placeholders for the two values
+    (called only with literal `$n`, at import)."""
+    return f"""
+r.fleet_id = {fleet} AND r.deleted_at IS NULL AND r.status IN ('IDLE', 'WORKING')
+  AND coalesce(r.battery_level, 100) >= {min_battery}
   AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.robot_id = r.id AND o.status IN ('PENDING', 'RUNNING'))
-"""
+"""  # noqa: S608
+
+
 PICK_ROBOT = f"""
 SELECT r.* FROM robots r
-WHERE {ELIGIBLE.replace("$2", "$3")}
+WHERE {_eligible("$1", "$3")}
 ORDER BY (r.status = 'IDLE') DESC,
   EXISTS (SELECT 1 FROM runs f WHERE f.task_id = $2 AND f.robot_id = r.id AND f.status = 'FAILED'),
   {rules.W_BATTERY} * coalesce(r.battery_level, 50) / 100
@@ -78,7 +85,7 @@ FOR UPDATE OF ru, t, r SKIP LOCKED
 # PICK_ROBOT skips robots other transactions hold: when it finds none, this tells a fleet whose
 # free robots are only held for a moment (by another dispatcher, or an ingest batch updating them)
 # from one that has none.
-ANY_ELIGIBLE = f"SELECT EXISTS (SELECT 1 FROM robots r WHERE {ELIGIBLE})"  # noqa: S608 (constant)
+ANY_ELIGIBLE = f"SELECT EXISTS (SELECT 1 FROM robots r WHERE {_eligible('$1', '$2')})"  # noqa: S608 (constant)
 LOCK_ROBOT = "SELECT * FROM robots WHERE id = $1 FOR UPDATE"
 # NEXT_TASK skips rows another transaction holds, such as a task whose priority is being raised:
 # once a robot is held, a task that has meanwhile come ahead in the fleet's queue must go first.
