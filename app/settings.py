@@ -217,7 +217,13 @@ class Settings(BaseSettings):
         "separately.",
     )
     ingest_batch_size: int = Field(1000, ge=1, description="Messages per ingest batch (one transaction).")
-    ingest_batch_ms: int = Field(25, ge=1, description="Longest wait before a partial batch is written (ms).")
+    ingest_batch_ms: int = Field(
+        25,
+        ge=1,
+        description="The ingest writer starts at most one batch per this many ms: a partial batch waits "
+        "until this long after the previous one began, so a message that finds the writer idle is "
+        "written at once.",
+    )
     ingest_max_payload_bytes: int = Field(65536, ge=1, description="Largest robot message accepted (bytes).")
     dead_letter_retention_s: int = Field(
         604800,
