@@ -41,23 +41,29 @@ class SeededTemplate:
         self._seeded_at: float | None = None
         self._names = itertools.count()
         self._spares: collections.deque[asyncio.Task[tuple[str, float]]] = collections.deque()
+        # Two spares being made at once must not both seed it again (one would drop it under the other).
+        self._seeding = asyncio.Lock()
 
     def _stale(self, seeded_at: float | None) -> bool:
         return seeded_at is None or time.monotonic() - seeded_at > self.MAX_AGE_S
 
     async def name(self) -> str:
         """The template's name, seeded again first when it is too old."""
-        if self._stale(self._seeded_at):
-            await admin_execute(
-                self._postgres_url,
-                f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)',
-                f'CREATE DATABASE "{TEMPLATE}"',
-            )
-            url = with_db(self._postgres_url, TEMPLATE)
-            await db.migrate(url)
-            await seed.load(url, self._passwords)
-            self._seeded_at = time.monotonic()
+        async with self._seeding:
+            if self._stale(self._seeded_at):
+                await self._seed()
         return TEMPLATE
+
+    async def _seed(self) -> None:
+        await admin_execute(
+            self._postgres_url,
+            f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)',
+            f'CREATE DATABASE "{TEMPLATE}"',
+        )
+        url = with_db(self._postgres_url, TEMPLATE)
+        await db.migrate(url)
+        await seed.load(url, self._passwords)
+        self._seeded_at = time.monotonic()
 
     async def _create(self) -> tuple[str, float]:
         template = await self.name()

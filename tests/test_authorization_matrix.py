@@ -14,9 +14,7 @@ private Smith field (`@selfOr`): the other smith's email, role, ... only for MAN
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import os
 import re
 import secrets
 import uuid
@@ -26,7 +24,6 @@ from datetime import UTC, datetime
 from inspect import isawaitable
 from typing import Any
 
-import asyncpg
 import pytest
 from graphql import (
     ExecutionResult,
@@ -52,7 +49,7 @@ from app.web.errors import error_formatter
 from app.web.graphql_app import build_schema
 from tests.seed_ids import ADMIN_ID, ALPHA, DEV_FLEET, PICK_TASK
 from tests.support import ROOT, Api
-from tests.template import SeededTemplate
+from tests.template import SeededTemplate, with_db
 
 ANONYMOUS = "ANONYMOUS"
 CALLERS = (ANONYMOUS, Role.SMITH.value, Role.OVER_SMITH.value, Role.ADMIN.value)
@@ -161,31 +158,15 @@ def operation(root: str, name: str, field: GraphQLField) -> Operation:
 
 # --- callers -----------------------------------------------------------------------------------
 
-_names = itertools.count()
-
-
-def _database(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
-
 
 @contextlib.asynccontextmanager
-async def private_database(postgres_url: str, template: str, label: str) -> AsyncIterator[str]:
+async def private_database(postgres_url: str, template: SeededTemplate) -> AsyncIterator[str]:
     """A copy of the seeded template database for one test module, dropped afterwards."""
-    name = f"sepulki_{label}_{os.getpid()}_{next(_names)}"
-    admin = await asyncpg.connect(postgres_url)
+    name = await template.copy()
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        yield with_db(postgres_url, name)
     finally:
-        await admin.close()
-    try:
-        yield _database(postgres_url, name)
-    finally:
-        admin = await asyncpg.connect(postgres_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await template.drop(name)
 
 
 def generous(settings: Settings, database_url: str) -> Settings:
@@ -236,7 +217,7 @@ class Callers:
 async def callers(
     postgres_url: str, template: SeededTemplate, base_settings: Settings
 ) -> AsyncIterator[Callers]:
-    async with private_database(postgres_url, await template.name(), "matrix") as url:
+    async with private_database(postgres_url, template) as url:
         async with Api.running(generous(base_settings, url)) as api:
             running = Callers(api)
             await running.create("matrix")

@@ -381,7 +381,7 @@ async def target(
 ) -> AsyncIterator[Target]:
     # Module scope: one database and app for the whole run, so no function-scoped fixture is
     # shared between Hypothesis examples (each example gets its own session instead).
-    async with private_database(postgres_url, await template.name(), "fuzz") as url:
+    async with private_database(postgres_url, template) as url:
         async with Api.running(generous(base_settings, url)) as api:
             email = f"fuzzer-{uuid.uuid4().hex[:8]}@sepulki.com"
             await api.create_smith(email, "ADMIN")
