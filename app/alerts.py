@@ -208,9 +208,10 @@ async def record_clear(conn: Connection, edict_id: str, robot_id: str, at: datet
     rows = await conn.fetch(AUTO_RESOLVE, edict_id, robot_id, at, "condition cleared")
     events = []
     for row in rows:
-        await conn.execute(RESOLVE_VIOLATIONS, row["id"], None)
-        events.append(await _alert_event(conn, dict(row)))
-        await notifications.alert_changed(conn, dict(row), "alert.resolved")
+        alert = dict(row)
+        await conn.execute(RESOLVE_VIOLATIONS, alert["id"], None)
+        events.append(await _alert_event(conn, alert))
+        await notifications.alert_changed(conn, alert, "alert.resolved")
     return Recorded(events, [])
 
 

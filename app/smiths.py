@@ -52,6 +52,14 @@ async def smiths_by_id(pool: Pool, ids: list[str]) -> list[dict[str, Any] | None
     return [rows.get(i) for i in ids]
 
 
+async def smith_or_none(ctx: Context, smith_id: str | None) -> dict[str, Any] | None:
+    """The smith of an optional reference (who acted, who acknowledged), through the loader."""
+    if smith_id is None:
+        return None
+    smith: dict[str, Any] | None = await ctx.loaders.load(smiths_by_id, smith_id)
+    return smith
+
+
 async def me(ctx: Context, viewer: Viewer) -> dict[str, Any] | None:
     smith: dict[str, Any] | None = await ctx.loaders.load(smiths_by_id, viewer.id)
     return smith

@@ -7,12 +7,11 @@ from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, SchemaBindable, SubscriptionType
 
-from app import alerts, edicts
+from app import alerts, edicts, smiths
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import parse_id
 from app.realtime.streams import Event, resolve_event, resolve_event_id, subscription_source
-from app.smiths import smiths_by_id
 
 query = QueryType()
 mutation = MutationType()
@@ -56,21 +55,14 @@ async def resolve_alert_edict(row: dict[str, Any], info: Info) -> dict[str, Any]
     return await edicts.get_edict(info.context, row["edict_id"])
 
 
-async def _smith(info: Info, smith_id: Any) -> dict[str, Any] | None:
-    if smith_id is None:
-        return None
-    smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, str(smith_id))
-    return smith
-
-
 @alert.field("acknowledger")
 async def resolve_acknowledger(row: dict[str, Any], info: Info) -> dict[str, Any] | None:
-    return await _smith(info, row["acknowledged_by"])
+    return await smiths.smith_or_none(info.context, row["acknowledged_by"])
 
 
 @alert.field("resolver")
 async def resolve_resolver(row: dict[str, Any], info: Info) -> dict[str, Any] | None:
-    return await _smith(info, row["resolved_by"])
+    return await smiths.smith_or_none(info.context, row["resolved_by"])
 
 
 @alert.field("breaches")

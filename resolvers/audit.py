@@ -6,9 +6,8 @@ from typing import Any
 
 from ariadne import ObjectType, QueryType, SchemaBindable
 
-from app import audit
+from app import audit, smiths
 from app.context import Info
-from app.smiths import smiths_by_id
 
 query = QueryType()
 audit_log = ObjectType("AuditLog")
@@ -27,10 +26,7 @@ async def resolve_audit_logs(
 
 @audit_log.field("smith")
 async def resolve_smith(row: dict[str, Any], info: Info) -> dict[str, Any] | None:
-    if row["smith_id"] is None:
-        return None
-    smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, row["smith_id"])
-    return smith
+    return await smiths.smith_or_none(info.context, row["smith_id"])
 
 
 bindables: list[SchemaBindable] = [query, audit_log]

@@ -7,12 +7,11 @@ from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
 
-from app import commands
+from app import commands, smiths
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
 from app.realtime.streams import Event, resolve_event, resolve_event_id, subscription_source
-from app.smiths import smiths_by_id
 
 query = QueryType()
 mutation = MutationType()
@@ -49,10 +48,7 @@ async def resolve_send_robot_command(
 
 @command_type.field("issuedBy")
 async def resolve_issued_by(command: dict, info: Info) -> dict[str, Any] | None:
-    if command["issued_by"] is None:
-        return None
-    smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, command["issued_by"])
-    return smith
+    return await smiths.smith_or_none(info.context, command["issued_by"])
 
 
 # A plain function, not an async generator: a malformed robotId or `after` is refused at

@@ -6,10 +6,9 @@ from typing import Any
 
 from ariadne import ObjectType, QueryType, SchemaBindable
 
-from app import robot_logs, robot_status, robots
+from app import robot_logs, robot_status, robots, smiths
 from app.context import Info
 from app.core.validation import parse_id
-from app.smiths import smiths_by_id
 
 query = QueryType()
 change_type = ObjectType("RobotStatusChange")
@@ -63,10 +62,7 @@ change_type.set_alias("to", "to_status")
 
 @change_type.field("actor")
 async def resolve_actor(change: dict[str, Any], info: Info) -> dict[str, Any] | None:
-    if change["actor_id"] is None:
-        return None
-    smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, change["actor_id"])
-    return smith
+    return await smiths.smith_or_none(info.context, change["actor_id"])
 
 
 log_type.set_alias("timestamp", "ts")

@@ -8,7 +8,7 @@ from typing import Any
 from ariadne import MutationType, ObjectType, QueryType, SubscriptionType
 from graphql import GraphQLResolveInfo
 
-from app import tasks
+from app import smiths, tasks
 from app.context import Info
 from app.core.channels import channels
 from app.core.validation import page, parse_id
@@ -164,10 +164,7 @@ def resolve_transition_actor(row: dict, _: GraphQLResolveInfo) -> str:
 
 @transition_type.field("smith")
 async def resolve_transition_smith(row: dict, info: Info) -> dict[str, Any] | None:
-    if row["smith_id"] is None:
-        return None
-    smith: dict[str, Any] | None = await info.context.loaders.load(smiths_by_id, row["smith_id"])
-    return smith
+    return await smiths.smith_or_none(info.context, row["smith_id"])
 
 
 @schedule_type.field("createdBy")
